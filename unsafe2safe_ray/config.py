@@ -1,0 +1,218 @@
+"""Typed job configuration and named profiles.
+
+A profile is a YAML file shipped in ``unsafe2safe_ray/profiles/``. The resolved config is
+``defaults <- profile <- --config FILE <- --set key=value``, validated once up front
+(``extra="forbid"`` everywhere, so a typo is an error, not a silently ignored knob) and stored
+beside the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says what to change."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageSection(Section):
+    """Resources and batch shape of one stage. ``pool_size`` set means an actor pool."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = Field(8, ge=1)
+    pool_size: int | None = Field(None, ge=1)
+
+
+class IOConfig(Section):
+    """Input listing, decoding limits and output encoding."""
+
+    shard_size: int = Field(1000, ge=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    output_format: Literal["auto", "jpg", "png"] = "auto"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    # Refused before decoding (decompression-bomb guard), in pixels.
+    max_pixels: int = Field(100_000_000, ge=1)
+    # Larger images are downscaled so their longer side is at most this.
+    max_side: int = Field(4096, ge=16)
+    min_side: int = Field(8, ge=1)
+    max_aspect_ratio: float = Field(40.0, ge=1.0)
+    read_retries: int = Field(3, ge=0)
+    read_batch_size: int = Field(16, ge=1)
+    write_batch_size: int = Field(64, ge=1)
+
+
+class RayConfig(Section):
+    address: str | None = None
+    # Reading/decoding task CPUs; fractional values let decode overlap with model actors.
+    decode_num_cpus: float = 1.0
+    write_num_cpus: float = 1.0
+
+
+class DetectConfig(StageSection):
+    """``detect``: shipped-weight detectors (faces, text, plates) and templated captions."""
+
+    pool_size: int | None = 2
+
+
+class ClassicEditConfig(StageSection):
+    """``classic_edit``: blur / pixelate / fill / inpaint inside detected regions."""
+
+    pool_size: int | None = None
+
+
+class VerifyConfig(StageSection):
+    """``verify``: re-detect on the output; leaks escalate, then fail the row."""
+
+    pool_size: int | None = 2
+
+
+class CaptionConfig(StageSection):
+    """``caption``: VLM privacy flag, private/public captions and review (Stage 1a/1b)."""
+
+    pool_size: int | None = 1
+
+
+class InstructConfig(StageSection):
+    """``instruct``: text LLM edit instruction from the public caption (Stage 1c)."""
+
+    pool_size: int | None = 1
+
+
+class EditConfig(StageSection):
+    """``edit``: the diffusion (or classic) editor of Stage 2."""
+
+    pool_size: int | None = 1
+    editor: str = "classic"
+    edit_all: bool = False
+
+
+class JobConfig(Section):
+    """The whole job. ``stages`` is the ordered stage list between decode and write."""
+
+    profile: str = "none"
+    stages: list[str] = Field(default_factory=list)
+    seed: int = 42
+    io: IOConfig = Field(default_factory=IOConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    classic_edit: ClassicEditConfig = Field(default_factory=ClassicEditConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    instruct: InstructConfig = Field(default_factory=InstructConfig)
+    edit: EditConfig = Field(default_factory=EditConfig)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> "JobConfig":
+        from unsafe2safe_ray.stages import STAGES
+
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
+        return self
+
+    def digest(self) -> str:
+        """A short digest of everything that changes output pixels or rows."""
+        payload = self.model_dump(mode="json", exclude={"ray": True})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def available_profiles() -> list[str]:
+    files = resources.files("unsafe2safe_ray.profiles").iterdir()
+    return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
+
+
+def gpu_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU (without importing torch)."""
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def default_profile() -> str:
+    """``gpu-fast`` where a GPU is visible, else ``cpu``."""
+    return "gpu-fast" if gpu_visible() and "gpu-fast" in available_profiles() else "cpu"
+
+
+def _profile_dict(name: str) -> dict[str, Any]:
+    if name not in available_profiles():
+        raise ConfigError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
+    text = resources.files("unsafe2safe_ray.profiles").joinpath(f"{name}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    data["profile"] = name
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["edit.editor=flowedit", "io.shard_size=10"]`` -> nested dict, values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set key {key!r} is malformed")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_config(
+    profile: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> JobConfig:
+    """Resolve and validate the job config. Raises ``ConfigError`` with a one-line message."""
+    data = _profile_dict(profile or default_profile())
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            extra = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(extra, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        if "profile" in extra and extra["profile"] != data["profile"] and profile is None:
+            data = _profile_dict(extra["profile"])
+        data = _deep_merge(data, extra)
+    data = _deep_merge(data, parse_set(overrides or []))
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"invalid config at {where}: {first['msg']}{more}") from None

@@ -1,0 +1,21 @@
+"""Stage registry: profile stage names -> ``module:Class`` (imported lazily, so listing stages
+never imports torch)."""
+
+from __future__ import annotations
+
+import importlib
+
+STAGES: dict[str, str] = {
+    "detect": "unsafe2safe_ray.stages.detect:DetectStage",
+    "classic_edit": "unsafe2safe_ray.stages.classic_edit:ClassicEditStage",
+    "verify": "unsafe2safe_ray.stages.verify:VerifyStage",
+    "caption": "unsafe2safe_ray.stages.caption:CaptionStage",
+    "instruct": "unsafe2safe_ray.stages.instruct:InstructStage",
+    "edit": "unsafe2safe_ray.stages.edit:EditStage",
+}
+
+
+def load_stage_class(name: str):
+    """The Stage class registered under ``name``."""
+    module, _, cls = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

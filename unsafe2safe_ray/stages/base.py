@@ -1,0 +1,165 @@
+"""What a stage is, and the one adapter that turns a stage into a Ray Data step.
+
+A stage is a small class: config in fields, its resources declared by ``resources()``, models
+loaded in ``setup()`` (once per actor), and ``process(rows) -> rows`` on plain row dicts that
+follow ``records.PIPELINE_SCHEMA``. Stages never import ray; ``apply_stage`` is the only place
+that knows about ``map_batches``, actor pools and batch formats.
+
+Failure handling lives here too, in one place: rows already failed skip the stage; if a batch
+raises, each row is retried alone, and a row that still raises becomes a failed row carrying the
+error. A stage therefore only raises for errors it cannot attribute to a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from unsafe2safe_ray import records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs, and how rows are batched for it.
+
+    ``pool_size`` set means an actor pool of that many actors (models load once per actor);
+    ``None`` means stateless tasks. ``max_tasks_in_flight`` bounds queued batches per actor.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 8
+    pool_size: int | None = None
+    max_tasks_in_flight: int | None = None
+
+
+class Stage:
+    """Base class of every pipeline stage (see the module docstring)."""
+
+    name: ClassVar[str] = "stage"
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def resources(self) -> Resources:
+        """Resources and batch shape; read from the stage's config section by default."""
+        section = getattr(self.config, self.name, None)
+        if section is None:
+            return Resources()
+        return Resources(
+            num_cpus=section.num_cpus,
+            num_gpus=section.num_gpus,
+            batch_size=section.batch_size,
+            pool_size=section.pool_size,
+        )
+
+    def setup(self) -> None:
+        """Load models. Called once per actor (or once per task for stateless stages)."""
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Transform live rows. Must return one row per input row, in order."""
+        raise NotImplementedError
+
+    def apply(self, ds: Any) -> Any:
+        """Add this stage to a Ray Dataset. Overridden only by stages that bring their own
+        Ray plumbing (ray.data.llm processors); everything else goes through the adapter."""
+        return apply_stage(ds, self)
+
+
+def run_rows(stage: Stage, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run ``stage`` on the live rows of a batch with per-row failure isolation."""
+    live_idx = [i for i, row in enumerate(rows) if records.is_live(row)]
+    if not live_idx:
+        return rows
+    live = [rows[i] for i in live_idx]
+    start = time.perf_counter()
+    try:
+        out = _checked(stage, live)
+    except Exception as batch_error:  # noqa: BLE001 - isolate the failing row(s) below
+        log.warning("stage %s: batch of %d failed (%s); retrying rows alone",
+                    stage.name, len(live), type(batch_error).__name__)
+        out = []
+        for row in live:
+            try:
+                out.extend(_checked(stage, [dict(row)]))
+            except Exception as row_error:  # noqa: BLE001 - becomes a failed row
+                out.append(records.fail(dict(row), f"{stage.name}: {type(row_error).__name__}: {row_error}"))
+    per_row = (time.perf_counter() - start) / len(live)
+    for i, row in zip(live_idx, out):
+        records.add_stage_time(row, stage.name, per_row)
+        rows[i] = row
+    return rows
+
+
+def _checked(stage: Stage, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = stage.process(rows)
+    if len(out) != len(rows):
+        raise RuntimeError(f"stage {stage.name} returned {len(out)} rows for {len(rows)}")
+    return out
+
+
+def table_to_rows(table: pa.Table) -> list[dict[str, Any]]:
+    return table.to_pylist()
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=records.PIPELINE_SCHEMA)
+
+
+class _StageWorker:
+    """Callable that Ray runs: builds the stage once, then maps Arrow batches through it."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return rows_to_table(run_rows(self.stage, table_to_rows(batch)))
+
+
+def _task_fn(stage: Stage):
+    state: dict[str, _StageWorker] = {}
+
+    def fn(batch: pa.Table) -> pa.Table:
+        # Stateless stages are cheap to set up; cache per worker process anyway.
+        worker = state.get("w")
+        if worker is None:
+            worker = state["w"] = _StageWorker(stage)
+        return worker(batch)
+
+    return fn
+
+
+def map_batches_kwargs(res: Resources) -> dict[str, Any]:
+    """The Ray knobs for a stage's declared resources (the single adapter)."""
+    import ray.data
+
+    kwargs: dict[str, Any] = {
+        "batch_size": res.batch_size,
+        "batch_format": "pyarrow",
+        "num_cpus": res.num_cpus,
+        "zero_copy_batch": True,
+    }
+    if res.num_gpus:
+        kwargs["num_gpus"] = res.num_gpus
+    if res.pool_size is not None:
+        strategy_kwargs: dict[str, Any] = {"size": res.pool_size}
+        if res.max_tasks_in_flight is not None:
+            strategy_kwargs["max_tasks_in_flight_per_actor"] = res.max_tasks_in_flight
+        kwargs["compute"] = ray.data.ActorPoolStrategy(**strategy_kwargs)
+    return kwargs
+
+
+def apply_stage(ds: Any, stage: Stage) -> Any:
+    """Append ``stage`` to ``ds`` as one ``map_batches`` step."""
+    res = stage.resources()
+    kwargs = map_batches_kwargs(res)
+    if res.pool_size is not None:
+        return ds.map_batches(_StageWorker, fn_constructor_args=(stage,), **kwargs)
+    return ds.map_batches(_task_fn(stage), **kwargs)

@@ -1,0 +1,29 @@
+"""Registry of tiny-model builders: name -> function(dir). Each builder saves a model that the
+real code loads with ``from_pretrained(dir)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+
+def _lazy(module: str, fn: str) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), fn)(path)
+
+    return build
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    # Stage 1 (issue 4): unsafe2safe_ray/testing/tiny_text.py
+    "qwen2_5_vl": _lazy("unsafe2safe_ray.testing.tiny_text", "build_tiny_qwen2_5_vl"),
+    "causal_lm": _lazy("unsafe2safe_ray.testing.tiny_text", "build_tiny_causal_lm"),
+    # Stage 2 (issue 5): unsafe2safe_ray/testing/tiny_diffusion.py
+    "instruct_pix2pix": _lazy("unsafe2safe_ray.testing.tiny_diffusion", "build_tiny_instruct_pix2pix"),
+    "sd3": _lazy("unsafe2safe_ray.testing.tiny_diffusion", "build_tiny_sd3"),
+    "flux_kontext": _lazy("unsafe2safe_ray.testing.tiny_diffusion", "build_tiny_flux_kontext"),
+    # Evaluation (issue 6): unsafe2safe_ray/testing/tiny_clip.py
+    "clip": _lazy("unsafe2safe_ray.testing.tiny_clip", "build_tiny_clip"),
+}
