@@ -95,7 +95,8 @@ CAPTIONS_SCHEMA = pa.schema(
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("seed", pa.int64()),
-        ("image_file", pa.string()),  # tar member name, empty for failed rows
+        ("image_tar", pa.string()),  # tar path relative to the output root; empty when failed
+        ("image_member", pa.string()),  # <key>.jpg|png inside that tar; empty when failed
         ("run_id", pa.string()),
     ]
 )

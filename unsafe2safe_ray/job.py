@@ -1,0 +1,239 @@
+"""The driver: the one place that assembles the Dataset.
+
+Steps: 1. plan, 2. select shards, 3. clean orphans, 4. read + decode, 5. profile stages,
+6. write parts, 7. commit each shard as soon as all its rows are written, 8. run report.
+
+The driver never collects the dataset: it streams small summary rows (key, shard, status, files)
+and keeps per-shard bookkeeping only for shards still in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from unsafe2safe_ray import records
+from unsafe2safe_ray.config import JobConfig
+from unsafe2safe_ray.plan.planner import Plan, make_or_load_plan, select_shards
+from unsafe2safe_ray.stages import load_stage_class
+from unsafe2safe_ray.stages.decode import DecodeStage
+from unsafe2safe_ray.stages.write import WriteStage
+from unsafe2safe_ray.storage import commits as commit_store
+from unsafe2safe_ray.storage import fs as storage
+from unsafe2safe_ray.storage.layout import OutputLayout
+
+log = logging.getLogger(__name__)
+
+_RUN_ID_OK = re.compile(r"^[A-Za-z0-9_.]+$")
+# Stages that only inspect; "--stages inspect" stops before the first stage not listed here.
+INSPECT_STAGES = ("detect", "caption", "instruct")
+
+
+@dataclass
+class ShardTracker:
+    """Rows seen so far for one in-flight shard."""
+
+    expected: int
+    keys: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    files: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+@dataclass
+class RunResult:
+    """What a run did (also written to ``_runs/<run_id>.json``)."""
+
+    run_id: str
+    output_uri: str
+    selected_shards: list[int]
+    committed_shards: list[int]
+    incomplete_shards: list[int]
+    counts: dict[str, int]
+    seconds: float
+    stage_seconds: dict[str, float]
+
+    @property
+    def images_per_second(self) -> float:
+        return sum(self.counts.values()) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "output_uri": self.output_uri,
+            "selected_shards": len(self.selected_shards), "committed_shards": self.committed_shards,
+            "incomplete_shards": self.incomplete_shards, "counts": self.counts,
+            "images": sum(self.counts.values()), "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
+
+
+def new_run_id() -> str:
+    """``$RAY_JOB_SUBMISSION_ID`` when submitted with ``ray job submit``, else a timestamp."""
+    submission = os.environ.get("RAY_JOB_SUBMISSION_ID")
+    if submission:
+        return re.sub(r"[^A-Za-z0-9_.]", "_", submission)
+    return time.strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:6]
+
+
+def init_ray(address: str | None = None) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS``, or start a local single-node Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False,
+             include_dashboard=False, logging_level=logging.WARNING)
+
+
+def build_stages(config: JobConfig, stages: str = "all") -> list:
+    """The profile's stages, cut to ``inspect`` when asked."""
+    names = list(config.stages)
+    if stages == "inspect":
+        cut = next((i for i, n in enumerate(names) if n not in INSPECT_STAGES), len(names))
+        names = names[:cut]
+    elif stages != "all":
+        raise ValueError(f"--stages must be all or inspect, got {stages!r}")
+    return [load_stage_class(n)(config) for n in names]
+
+
+def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], run_id: str,
+                  stages: str = "all") -> Any:
+    """Steps 4-6: the streaming Dataset from planned rows to written summary rows."""
+    import ray.data
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet(layout.fs.unstrip_protocol(layout.plan_images), filesystem=_arrow_fs(layout))
+    ds = ds.filter(expr=col("shard").is_in(shards))
+    # Small blocks so decode spreads over all CPUs even when few shards are selected.
+    ds = ds.repartition(target_num_rows_per_block=config.io.read_batch_size)
+    ds = DecodeStage(config).apply(ds)
+    for stage in build_stages(config, stages):
+        ds = stage.apply(ds)
+    return WriteStage(config, layout, run_id).apply(ds)
+
+
+def _arrow_fs(layout: OutputLayout):
+    import pyarrow.fs as pafs
+
+    if storage.is_local(layout.fs):
+        return None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
+
+
+def run_job(
+    input_uri: str,
+    output_uri: str,
+    config: JobConfig,
+    shards: str = "pending",
+    run_id: str | None = None,
+    stages: str = "all",
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Anonymize ``input_uri`` into ``output_uri``; returns what was committed.
+
+    Reruns with the same output process only what ``shards`` selects (see ``select_shards``).
+    """
+    run_id = run_id or new_run_id()
+    if not _RUN_ID_OK.match(run_id):
+        raise ValueError(f"run id {run_id!r} may only hold letters, digits, '_' and '.'")
+    start = time.perf_counter()
+    layout = OutputLayout(output_uri, config.io.storage_options)
+    storage.check_reachable(layout.fs, layout.root, "output")
+
+    # 1. Plan (reused on reruns; a changed input listing stops the job).
+    plan = make_or_load_plan(layout, input_uri, config.io.shard_size, config.io.storage_options)
+    # 2. Select shards.
+    existing = commit_store.read_commits(layout)
+    selected = select_shards(shards, plan, existing)
+    # 3. Orphans of selected shards (parts of killed runs) go; committed files stay until replaced.
+    committed_files = set().union(*(commit_store.referenced_files(m) for m in existing.values()))
+    orphans = commit_store.data_files_of_shards(layout, set(selected)) - committed_files
+    commit_store.remove_files(layout, orphans)
+
+    trackers = {s: ShardTracker(plan.shard_counts[s]) for s in selected}
+    totals: dict[str, int] = defaultdict(int)
+    stage_seconds: dict[str, float] = defaultdict(float)
+    committed: list[int] = []
+    versions = commit_store.package_versions()
+    digest = config.digest()
+    report = {"run_id": run_id, "shards_total": len(selected), "shards_done": 0,
+              "images_total": sum(t.expected for t in trackers.values()), "images_done": 0}
+    if progress:
+        progress(dict(report, elapsed=0.0))
+
+    if selected:
+        init_ray(config.ray.address)
+        # 4-6. Stream rows through the stages into shard parts.
+        ds = build_dataset(config, layout, selected, run_id, stages)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                tracker = trackers[row["shard"]]
+                if row["key"] in tracker.keys:
+                    continue  # a retried task: the same part was rewritten under the same name
+                tracker.keys.add(row["key"])
+                tracker.counts[row["status"]] += 1
+                totals[row["status"]] += 1
+                for kind, rel in json.loads(row["files"]).items():
+                    tracker.files[kind].add(rel)
+                for stage, secs in records.json_dict(row["stage_seconds"]).items():
+                    stage_seconds[stage] += secs
+                report["images_done"] += 1
+                # 7. Commit as soon as the shard is complete.
+                if len(tracker.keys) == tracker.expected:
+                    _commit(layout, row["shard"], tracker, run_id, digest, versions, existing.get(row["shard"]))
+                    del trackers[row["shard"]]
+                    committed.append(row["shard"])
+                    report["shards_done"] += 1
+            if progress:
+                progress(dict(report, elapsed=time.perf_counter() - start))
+
+    result = RunResult(run_id, output_uri, selected, sorted(committed), sorted(trackers),
+                       {s: totals.get(s, 0) for s in records.FINAL_STATUSES},
+                       time.perf_counter() - start, dict(stage_seconds))
+    # 8. Run report.
+    storage.write_json(layout.fs, layout.run_report(run_id),
+                       dict(result.to_json(), plan=plan.to_json() | {"shard_counts": None},
+                            config=config.model_dump(mode="json"), config_digest=digest, versions=versions))
+    return result
+
+
+def _commit(layout: OutputLayout, shard: int, tracker: ShardTracker, run_id: str, digest: str,
+            versions: dict[str, str], previous: dict[str, Any] | None) -> None:
+    counts = {"expected": tracker.expected,
+              **{s: tracker.counts.get(s, 0) for s in records.FINAL_STATUSES}}
+    marker = commit_store.write_commit(layout, shard, run_id, counts,
+                                       {k: list(v) for k, v in tracker.files.items()}, digest, versions)
+    # The new marker is in place; the replaced run's files are now unreferenced.
+    commit_store.remove_files(layout, commit_store.referenced_files(previous) - commit_store.referenced_files(marker))
+
+
+def shard_status(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Committed / pending / with-failures shards and image counts, from markers only."""
+    from unsafe2safe_ray.plan.planner import load_plan
+
+    layout = OutputLayout(output_uri, storage_options or {})
+    storage.check_reachable(layout.fs, layout.root, "output")
+    plan: Plan | None = load_plan(layout)
+    if plan is None:
+        raise FileNotFoundError(f"{output_uri} has no plan (_plan/plan.json); run `unsafe2safe run` first")
+    markers = commit_store.read_commits(layout)
+    counts: dict[str, int] = defaultdict(int)
+    for m in markers.values():
+        for k in records.FINAL_STATUSES:
+            counts[k] += m["counts"].get(k, 0)
+    return {
+        "input_uri": plan.input_uri,
+        "images": plan.num_images,
+        "shards": plan.num_shards,
+        "committed": sorted(markers),
+        "pending": [s for s in range(plan.num_shards) if s not in markers],
+        "with_failures": sorted(s for s, m in markers.items() if m["counts"].get("failed", 0)),
+        "counts": {k: counts.get(k, 0) for k in records.FINAL_STATUSES},
+    }

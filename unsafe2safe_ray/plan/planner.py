@@ -1,0 +1,142 @@
+"""Deterministic shard plans, saved under ``OUTPUT/_plan/`` and reused by every rerun."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from unsafe2safe_ray.plan.listing import InputListing, list_input
+from unsafe2safe_ray.storage import fs as storage
+from unsafe2safe_ray.storage.layout import OutputLayout
+
+PLAN_VERSION = 1
+PLAN_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.int64()),
+                         ("source_uri", pa.string()), ("label", pa.string())])
+
+
+class PlanError(ValueError):
+    """The saved plan and the request disagree; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job covers: ``shard_counts[i]`` images in shard ``i``."""
+
+    input_uri: str
+    kind: str
+    num_images: int
+    shard_size: int
+    shard_counts: list[int]
+    listing_digest: str
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shard_counts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": PLAN_VERSION, "input_uri": self.input_uri, "kind": self.kind,
+            "num_images": self.num_images, "shard_size": self.shard_size,
+            "num_shards": self.num_shards, "shard_counts": self.shard_counts,
+            "listing_digest": self.listing_digest, "created_at": time.time(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Plan":
+        return cls(data["input_uri"], data["kind"], data["num_images"], data["shard_size"],
+                   list(data["shard_counts"]), data["listing_digest"])
+
+
+def image_key(index: int) -> str:
+    """Stable key of the index-th image of the sorted listing (no dots: WebDataset-safe)."""
+    return f"{index:09d}"
+
+
+def listing_digest(listing: InputListing) -> str:
+    h = hashlib.sha256()
+    for uri, label in zip(listing.uris, listing.labels):
+        h.update(uri.encode())
+        h.update(b"\x00")
+        h.update((label or "").encode())
+        h.update(b"\x01")
+    return h.hexdigest()
+
+
+def make_or_load_plan(layout: OutputLayout, input_uri: str, shard_size: int,
+                      storage_options: dict[str, Any] | None = None) -> Plan:
+    """Load ``_plan/`` if present and check the input still lists the same; else create it."""
+    listing = list_input(input_uri, storage_options)
+    digest = listing_digest(listing)
+    saved = load_plan(layout)
+    if saved is not None:
+        if digest != saved.listing_digest:
+            raise PlanError(
+                f"the input listing changed since the plan in {layout.root_uri}/_plan was made "
+                f"({saved.num_images} planned images, {len(listing.uris)} listed now). "
+                "Restore the input, or write to a new --output."
+            )
+        if shard_size != saved.shard_size:
+            raise PlanError(
+                f"--shard-size {shard_size} differs from the saved plan's {saved.shard_size}; "
+                "drop --shard-size to reuse the plan, or write to a new --output."
+            )
+        return saved
+    counts = [min(shard_size, len(listing.uris) - start) for start in range(0, len(listing.uris), shard_size)]
+    plan = Plan(input_uri, listing.kind, len(listing.uris), shard_size, counts, digest)
+    table = pa.table({
+        "key": [image_key(i) for i in range(len(listing.uris))],
+        "shard": [i // shard_size for i in range(len(listing.uris))],
+        "source_uri": listing.uris,
+        "label": listing.labels,
+    }, schema=PLAN_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=max(shard_size, 1024))
+    storage.atomic_write(layout.fs, layout.plan_images, buf.getvalue())
+    # plan.json last: its presence means the plan is complete.
+    storage.write_json(layout.fs, layout.plan_json, plan.to_json())
+    return plan
+
+
+def load_plan(layout: OutputLayout) -> Plan | None:
+    if not layout.fs.exists(layout.plan_json):
+        return None
+    return Plan.from_json(storage.read_json(layout.fs, layout.plan_json))
+
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_shard_list(spec: str, num_shards: int) -> list[int]:
+    """``"3,7-9"`` -> [3, 7, 8, 9], checked against the plan."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        m = _RANGE.match(part.strip())
+        if not m:
+            raise PlanError(f"--shards: cannot parse {part!r}; use pending, failed, all or a list like 3,7-9")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise PlanError(f"--shards: range {part!r} is reversed")
+        if hi >= num_shards:
+            raise PlanError(f"--shards: shard {hi} does not exist (the plan has {num_shards} shards, 0-{num_shards - 1})")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
+
+
+def select_shards(spec: str, plan: Plan, commits: dict[int, dict]) -> list[int]:
+    """Shards to (re)process: ``pending`` (no commit), ``failed`` (committed with failed rows),
+    ``all``, or an explicit list."""
+    if spec == "pending":
+        return [s for s in range(plan.num_shards) if s not in commits]
+    if spec == "failed":
+        return sorted(s for s, c in commits.items() if c["counts"]["failed"] > 0)
+    if spec == "all":
+        return list(range(plan.num_shards))
+    return parse_shard_list(spec, plan.num_shards)

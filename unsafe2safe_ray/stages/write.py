@@ -1,0 +1,98 @@
+"""``write``: finalize every row, encode it without metadata and write shard parts (always last).
+
+Finalization is the last fail-closed guard: a flagged row that is not ``edited`` never reaches
+the tar, whatever the stages before did. The stage outputs one small summary row per image for
+the driver, which commits a shard once all its rows are written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+
+from unsafe2safe_ray import records
+from unsafe2safe_ray.imaging import encode_image
+from unsafe2safe_ray.stages.base import Resources, Stage, map_batches_kwargs
+from unsafe2safe_ray.storage.layout import OutputLayout
+from unsafe2safe_ray.storage.sink import Sample, write_part
+
+SUMMARY_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.int64()), ("status", pa.string()),
+    ("files", pa.string()), ("stage_seconds", pa.string()),
+])
+
+
+def finalize(row: dict[str, Any]) -> dict[str, Any]:
+    """Turn a row's status into exactly one of edited / passed / failed (fail closed)."""
+    status = row.get("status")
+    if status == records.FAILED:
+        return row
+    if row.get("image") is None:
+        return records.fail(row, "internal: no pixels reached the writer")
+    if status == records.EDITED:
+        return row
+    if row.get("privacy_flag"):
+        # Flagged but not edited: never write the original pixels.
+        return records.fail(row, "flagged image was not edited; its original pixels are withheld")
+    row["status"] = records.PASSED
+    return row
+
+
+class WriteStage(Stage):
+    """Encodes rows and writes one part per shard present in the batch."""
+
+    name = "write"
+
+    def __init__(self, config: Any, layout: OutputLayout, run_id: str) -> None:
+        super().__init__(config)
+        self.layout = layout
+        self.run_id = run_id
+
+    def resources(self) -> Resources:
+        return Resources(num_cpus=self.config.ray.write_num_cpus, batch_size=self.config.io.write_batch_size)
+
+    def output_format(self, row: dict[str, Any]) -> str:
+        fmt = self.config.io.output_format
+        if fmt == "auto":
+            return "png" if row.get("lossless") else "jpg"
+        return fmt
+
+    def to_sample(self, row: dict[str, Any]) -> Sample:
+        row = finalize(row)
+        image_bytes = ext = None
+        if row["status"] != records.FAILED:
+            try:
+                ext = self.output_format(row)
+                image_bytes = encode_image(records.get_image(row), ext, self.config.io.jpeg_quality)
+            except Exception as e:  # noqa: BLE001 - becomes a failed row
+                row = records.fail(row, f"encode: {type(e).__name__}: {e}")
+                image_bytes = ext = None
+        categories = records.json_list(row.get("categories"))
+        sidecar = {"key": row["key"], "source_uri": row["source_uri"], "label": row.get("label"),
+                   "status": row["status"], "privacy_flag": bool(row.get("privacy_flag")),
+                   "categories": categories}
+        caption_row = {name: row.get(name) for name in records.CAPTIONS_SCHEMA.names}
+        caption_row.update(categories=categories, privacy_flag=bool(row.get("privacy_flag")), run_id=self.run_id)
+        private_row = {name: row.get(name) for name in records.PRIVATE_SCHEMA.names}
+        private_row["run_id"] = self.run_id
+        return Sample(row["key"], ext, image_bytes, sidecar, caption_row, private_row)
+
+    def write_batch(self, batch: pa.Table) -> pa.Table:
+        by_shard: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in batch.to_pylist():
+            by_shard[row["shard"]].append(row)
+        out: list[dict[str, Any]] = []
+        for shard, rows in by_shard.items():
+            samples = [self.to_sample(row) for row in rows]
+            files = json.dumps(write_part(self.layout, shard, self.run_id, samples))
+            for row, sample in zip(rows, samples):
+                out.append({"key": sample.key, "shard": shard, "status": sample.caption_row["status"],
+                            "files": files, "stage_seconds": row.get("stage_seconds")})
+        return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)
+
+    def apply(self, ds: Any) -> Any:
+        # Tasks, not actors: writing is stateless I/O. The output has the summary schema.
+        return ds.map_batches(self.write_batch, **map_batches_kwargs(self.resources()))
