@@ -109,7 +109,7 @@ def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], ru
     import ray.data
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(layout.fs.unstrip_protocol(layout.plan_images), filesystem=_arrow_fs(layout))
+    ds = ray.data.read_parquet(layout.plan_images, filesystem=_arrow_fs(layout))
     ds = ds.filter(expr=col("shard").is_in(shards))
     # Small blocks so decode spreads over all CPUs even when few shards are selected.
     ds = ds.repartition(target_num_rows_per_block=config.io.read_batch_size)
@@ -120,10 +120,11 @@ def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], ru
 
 
 def _arrow_fs(layout: OutputLayout):
+    """The output filesystem as pyarrow sees it (fsspec-wrapped, so storage_options apply)."""
     import pyarrow.fs as pafs
 
     if storage.is_local(layout.fs):
-        return None
+        return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
 
 

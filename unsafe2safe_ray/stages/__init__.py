@@ -12,6 +12,8 @@ STAGES: dict[str, str] = {
     "caption": "unsafe2safe_ray.stages.caption:CaptionStage",
     "instruct": "unsafe2safe_ray.stages.instruct:InstructStage",
     "edit": "unsafe2safe_ray.stages.edit:EditStage",
+    # Test-only (no shipped profile uses it): exercises flagging / fail-closed without models.
+    "testing.flag_all": "unsafe2safe_ray.testing.stages:FlagAllStage",
 }
 
 

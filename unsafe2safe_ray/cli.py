@@ -1,0 +1,167 @@
+"""``unsafe2safe``: thin verbs over the library. Expected errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Make image datasets privacy-safe at scale (Unsafe2Safe on Ray Data).")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from unsafe2safe_ray.config import ConfigError
+    from unsafe2safe_ray.plan.listing import InputError
+    from unsafe2safe_ray.plan.planner import PlanError
+    from unsafe2safe_ray.storage.fs import StorageError
+
+    return (ConfigError, InputError, PlanError, StorageError, FileNotFoundError, PermissionError, ValueError)
+
+
+class ConsoleProgress:
+    """Shards done/total, images/s and ETA: a live bar on a terminal, a line every 10 s in logs."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        self.bar = None
+        self.last_line = 0.0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        rate = p["images_done"] / p["elapsed"] if p["elapsed"] > 0 else 0.0
+        left = p["images_total"] - p["images_done"]
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        text = (f"shards {p['shards_done']}/{p['shards_total']}  images {p['images_done']}/{p['images_total']}"
+                f"  {rate:.2f} img/s  ETA {eta}")
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            if self.bar is None:
+                self.bar = Progress(TextColumn("[bold]anonymize"), BarColumn(), TextColumn("{task.description}"),
+                                    transient=False)
+                self.bar.start()
+                self.task = self.bar.add_task(text, total=max(p["images_total"], 1))
+            self.bar.update(self.task, completed=p["images_done"], description=text)
+        elif time.monotonic() - self.last_line > 10 or p["images_done"] == p["images_total"]:
+            self.last_line = time.monotonic()
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _quiet_ray() -> None:
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    for name in ("ray", "ray.data", "ray.data._internal"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+@app.command()
+def run(
+    input: str = typer.Option(..., "--input", "-i", help="Image prefix (local, file://, s3://, gs://, memory://) or manifest (.parquet/.csv/.jsonl with a uri column)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output root URI."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file overriding the profile."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="none, cpu, tiny, gpu-fast, gpu-paper (default: gpu-fast with a GPU, else cpu)."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Images per shard (fixed by the first run)."),
+    shards: str = typer.Option("pending", "--shards", help="pending | failed | all | a list like 3,7-9"),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set edit.editor=flowedit"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
+    stages: str = typer.Option("all", "--stages", help="all | inspect (captions only)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id (default: $RAY_JOB_SUBMISSION_ID or a timestamp)."),
+) -> None:
+    """Anonymize INPUT into OUTPUT. Reruns process only what --shards selects."""
+    from unsafe2safe_ray.config import load_config
+    from unsafe2safe_ray.job import run_job
+
+    overrides = list(set_)
+    if shard_size is not None:
+        overrides.append(f"io.shard_size={shard_size}")
+    if address is not None:
+        overrides.append(f"ray.address={address}")
+    progress = ConsoleProgress()
+    try:
+        cfg = load_config(profile, config, overrides)
+        _quiet_ray()
+        typer.echo(f"profile {cfg.profile}: stages {['decode', *cfg.stages, 'write']}", err=True)
+        result = run_job(input, output, cfg, shards=shards, run_id=run_id, stages=stages, progress=progress)
+    except _expected_errors() as e:
+        progress.close()
+        _fail(str(e))
+    progress.close()
+    summary = result.to_json()
+    typer.echo(json.dumps({k: summary[k] for k in ("run_id", "counts", "images_per_second", "incomplete_shards")}))
+    typer.echo(f"output: {output}/images (WebDataset tars), {output}/captions (Parquet); "
+               f"`unsafe2safe status {output}` shows shard state.", err=True)
+    if result.incomplete_shards:
+        _fail(f"{len(result.incomplete_shards)} shard(s) did not complete; rerun the same command to resume")
+
+
+@app.command()
+def status(output: str = typer.Argument(..., help="Output root URI."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Committed / pending / with-failures shards and image counts."""
+    from unsafe2safe_ray.job import shard_status
+
+    try:
+        st = shard_status(output)
+    except _expected_errors() as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(st))
+        return
+    typer.echo(f"input    {st['input_uri']}  ({st['images']} images, {st['shards']} shards)")
+    typer.echo(f"committed     {len(st['committed'])}")
+    typer.echo(f"pending       {len(st['pending'])}  {_ranges(st['pending'])}")
+    typer.echo(f"with failures {len(st['with_failures'])}  {_ranges(st['with_failures'])}")
+    typer.echo("images        " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()))
+
+
+def _ranges(items: list[int]) -> str:
+    """[1,2,3,7] -> '1-3,7' (what --shards accepts)."""
+    out, i = [], 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+            j += 1
+        out.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _register_eval_commands() -> None:
+    try:
+        from unsafe2safe_ray.eval import commands
+    except ImportError:
+        return
+    app.command("evaluate")(commands.evaluate)
+    app.command("utility")(commands.utility)
+
+
+_register_eval_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
