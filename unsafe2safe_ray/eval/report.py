@@ -1,0 +1,158 @@
+"""The HTML report: one self-contained page (no external files, thumbnails as data URLs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from typing import Any
+
+from unsafe2safe_ray.eval.paper import PAPER_NUMBERS, PAPER_SOURCE
+
+# (summary key, label, better direction, metric family) in table order.
+METRIC_ROWS = (
+    ("face_sim", "FaceSim: best identity cosine per original face (paper's rule)", "lower", "faces"),
+    ("face_redetection_rate", "Face re-detection rate: original faces still found in the output", "lower", "faces"),
+    ("face_identity_match_rate", "Share of original faces matched as the same identity", "lower", "faces"),
+    ("face_skipped_by_paper_rate", "Share of original faces the paper's FaceSim skips (no output face)", None, "faces"),
+    ("faces_original", "Faces in the originals", None, "faces"),
+    ("text_sim_token_set", "TextSim token-set (paper's formula; 1.0 for any subset)", "lower", "text"),
+    ("text_sim_levenshtein", "TextSim normalized Levenshtein similarity", "lower", "text"),
+    ("text_cer", "Character error rate of the original text read back", "higher", "text"),
+    ("text_images", "Images with text in the original", None, "text"),
+    ("vlm_score", "VLMScore: judged unlinkability 0-100", "higher", "judge"),
+    ("race_entropy", "Race entropy of outputs (normalized over the asked label set)", "higher", "judge"),
+    ("race_entropy_original", "Race entropy of originals", None, "judge"),
+    ("ssim", "SSIM, whole image", None, "fidelity"),
+    ("ssim_inside_regions", "SSIM inside sensitive regions", "lower", "fidelity"),
+    ("ssim_outside_regions", "SSIM outside sensitive regions", "higher", "fidelity"),
+    ("psnr", "PSNR dB, whole image", None, "fidelity"),
+    ("psnr_inside_regions", "PSNR dB inside sensitive regions", "lower", "fidelity"),
+    ("psnr_outside_regions", "PSNR dB outside sensitive regions", "higher", "fidelity"),
+    ("phash_distance", "pHash distance (bits of 64)", None, "fidelity"),
+    ("lpips", "LPIPS distance", None, "lpips"),
+    ("clip_score", "CLIP score vs public caption", "higher", "quality"),
+    ("clip_directional", "Directional CLIP (image change vs caption change)", "higher", "quality"),
+    ("clip_image_similarity", "CLIP image similarity original vs output", None, "quality"),
+    ("images_total", "Images", None, None),
+    ("images_without_output", "Images without an output (failed rows)", None, None),
+    ("images_with_eval_errors", "Images with evaluation errors", None, None),
+)
+
+GALLERY_LIMIT = 60
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a;background:#fff}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px} .muted{color:#5d6b7a;font-size:13px}
+table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #d5dbe1;padding:4px 8px;text-align:right}
+th{background:#eef2f6} td.name{text-align:left} th.paper,td.paper{background:#fbf6e9}
+td.na{color:#9aa5b1;font-style:italic} .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:8px 12px;margin:12px 0}
+.gallery{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #d5dbe1;border-radius:6px;padding:6px;width:340px}
+.pair{display:flex;gap:4px} .pair figure{margin:0;flex:1;text-align:center} .pair img{max-width:164px;max-height:164px}
+figcaption{font-size:11px;color:#5d6b7a} .card .key{font-size:12px;font-weight:600;word-break:break-all}
+.card .m{font-size:11px;color:#37434f}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return html.escape(str(value))
+
+
+def _data_url(jpeg: bytes | None) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg or b"").decode("ascii")
+
+
+def _summary_table(summary: dict) -> str:
+    methods = summary["by_method"]
+    unavailable = summary.get("unavailable", {})
+    selected = set(summary.get("metrics", []))
+    head = "".join(f"<th>ours: {html.escape(m)}</th>" for m in methods)
+    head += "".join(f'<th class="paper">paper: {html.escape(p)}</th>' for p in PAPER_NUMBERS)
+    lines = [f"<table id='summary'><thead><tr><th>metric</th><th>better</th>{head}</tr></thead><tbody>"]
+    for key, label, better, family in METRIC_ROWS:
+        if family and family != "lpips" and family not in selected:
+            continue
+        if family == "lpips" and "fidelity" not in selected:
+            continue
+        reason = unavailable.get(family) if family else None
+        cells = []
+        for numbers in methods.values():
+            value = numbers.get(key)
+            if value is None and reason:
+                cells.append(f'<td class="na" title="{html.escape(reason)}">not measured</td>')
+            else:
+                cells.append(f"<td>{_fmt(value)}</td>")
+        for paper in PAPER_NUMBERS.values():
+            cells.append(f'<td class="paper">{_fmt(paper.get(key))}</td>')
+        arrow = {"lower": "lower &darr;", "higher": "higher &uarr;"}.get(better or "", "")
+        lines.append(f"<tr><td class='name' data-metric='{key}'>{html.escape(label)}</td><td>{arrow}</td>{''.join(cells)}</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
+def _badness(row: dict) -> tuple:
+    """Sort key: worst privacy first (highest FaceSim, then highest TextSim)."""
+    def value(name: str) -> float:
+        v = row.get(name)
+        return -1.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    return (-value("face_sim"), -value("text_sim_token_set"), row.get("key") or "")
+
+
+def _card(row: dict) -> str:
+    metrics = []
+    for name, label in (("face_sim", "FaceSim"), ("face_count_original", "faces"),
+                        ("face_count_redetected", "re-detected"), ("text_sim_token_set", "TextSim"),
+                        ("text_cer", "CER"), ("ssim_outside_regions", "SSIM out"), ("vlm_score", "VLMScore")):
+        if row.get(name) is not None:
+            metrics.append(f"{label} {_fmt(row[name])}")
+    return (
+        f"<div class='card'><div class='key'>{html.escape(str(row.get('key')))}</div>"
+        "<div class='pair'>"
+        f"<figure><img alt='original' src='{_data_url(row.get('thumb_original'))}'><figcaption>original</figcaption></figure>"
+        f"<figure><img alt='anonymized' src='{_data_url(row.get('thumb_anonymized'))}'><figcaption>anonymized</figcaption></figure>"
+        f"</div><div class='m'>{html.escape(' · '.join(metrics))}</div></div>"
+    )
+
+
+def render_report(summary: dict, rows: list[dict]) -> str:
+    """The report page as a string."""
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>unsafe2safe evaluation</title>", f"<style>{STYLE}</style></head><body>",
+        "<h1>Anonymization evaluation</h1>",
+        f"<div class='muted'>original: {html.escape(str(summary.get('original')))} · outputs: "
+        f"{html.escape(json.dumps(summary.get('anonymized')))} · {summary.get('seconds', 0)} s</div>",
+    ]
+    unavailable = summary.get("unavailable") or {}
+    if unavailable:
+        items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in sorted(unavailable.items()))
+        parts.append(f"<div class='warn' id='unavailable'>Metrics not measured in this run:<ul>{items}</ul></div>")
+    parts += [
+        "<h2>Summary</h2>",
+        f"<p class='muted'>Columns marked <b>ours</b> were measured here. Columns marked <b>paper</b> "
+        f"are the published numbers ({html.escape(PAPER_SOURCE)}); they were measured on other data "
+        "with other models (ArcFace, a VLM reader for TextSim), so compare trends, not digits.</p>",
+        _summary_table(summary),
+    ]
+    for method in summary["by_method"]:
+        chosen = sorted((r for r in rows if r["method"] == method and r.get("thumb_original")), key=_badness)
+        parts.append(f"<h2>Gallery: {html.escape(method)} (worst privacy first, {min(len(chosen), GALLERY_LIMIT)} "
+                     f"of {len(chosen)})</h2>")
+        parts.append("<p class='muted'>Boxes: the sensitive regions the pipeline recorded (red people, blue text).</p>")
+        parts.append("<div class='gallery'>" + "".join(_card(r) for r in chosen[:GALLERY_LIMIT]) + "</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str, summary: dict, rows: list[dict], storage_options: dict | None = None) -> None:
+    """Render and write the report atomically to ``path`` (any fsspec URI)."""
+    from unsafe2safe_ray.storage.fs import atomic_write, filesystem
+
+    fs, fs_path = filesystem(path, storage_options)
+    atomic_write(fs, fs_path, render_report(summary, rows).encode("utf-8"))
