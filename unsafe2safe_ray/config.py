@@ -66,18 +66,61 @@ class DetectConfig(StageSection):
     """``detect``: shipped-weight detectors (faces, text, plates) and templated captions."""
 
     pool_size: int | None = 2
+    # onnxruntime intra-op threads per actor; 0 = the actor's num_cpus (at least 1), so that
+    # actors x threads never exceeds the CPUs Ray granted.
+    threads: int = Field(0, ge=0)
+    faces: bool = True
+    text: bool = True
+    plates: bool = True
+    face_score_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Small faces: images whose longer side is below this are upscaled (at most 2x) ...
+    face_upscale_below: int = Field(400, ge=0)
+    # ... and images above this are also scanned in native-resolution tiles of face_tile_size.
+    face_max_side: int = Field(1280, ge=64)
+    face_tile_size: int = Field(800, ge=64)
+    text_score_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # Readings with fewer letters/digits are texture noise, not information.
+    text_min_chars: int = Field(2, ge=1)
 
 
 class ClassicEditConfig(StageSection):
     """``classic_edit``: blur / pixelate / fill / inpaint inside detected regions."""
 
     pool_size: int | None = None
+    # Method per paper category; categories not listed use default_method.
+    methods: dict[str, Literal["blur", "pixelate", "fill", "inpaint"]] = Field(
+        default_factory=lambda: {"people": "blur", "text_and_symbols": "blur"})
+    default_method: Literal["blur", "pixelate", "fill", "inpaint"] = "blur"
+    # Each region grows by this fraction of its size on every side, plus dilation_px.
+    dilation: float = Field(0.1, ge=0.0, le=2.0)
+    dilation_px: int = Field(2, ge=0)
+    face_ellipse: bool = True
+    # Gaussian kernel size as a fraction of the region's shorter side (dlib still recognises
+    # faces under kernels of half the face width).
+    blur_kernel_fraction: float = Field(1.0, gt=0.0, le=4.0)
+    pixelate_blocks: int = Field(8, ge=1)
+    # Solid fill colour (RGB); None = the region's mean colour.
+    fill_color: list[int] | None = None
+    inpaint_radius: int = Field(5, ge=1)
 
 
 class VerifyConfig(StageSection):
     """``verify``: re-detect on the output; leaks escalate, then fail the row."""
 
     pool_size: int | None = 2
+    threads: int = Field(0, ge=0)  # as in detect: 0 = the actor's num_cpus
+    check_faces: bool = True
+    check_text: bool = True
+    # Lower than detect's threshold: the verifier wants recall on half-obscured faces.
+    face_score_threshold: float = Field(0.4, gt=0.0, lt=1.0)
+    # dlib descriptor distance below which an output face is the original person.
+    face_distance_threshold: float = Field(0.6, gt=0.0)
+    # Normalized edit similarity (0..1) of re-read text at or above which text still leaks.
+    text_similarity_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    escalation_method: Literal["blur", "pixelate", "fill", "inpaint"] = "fill"
+    escalation_dilation: float = Field(0.15, ge=0.0, le=2.0)
+    # Escalation rounds before a still-leaking row fails.
+    max_escalations: int = Field(1, ge=0)
 
 
 class CaptionConfig(StageSection):

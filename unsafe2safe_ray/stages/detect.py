@@ -1,0 +1,197 @@
+"""``detect``: shipped-weight detectors (CenterFace faces, rapidocr text, plates from OCR) and
+templated captions.
+
+Each detection becomes a region ``{category, bbox, score, text?, source, kind}``; a row is
+flagged when any region is found. The captions are templates filled from the detections and are
+labelled as such (``caption_source = "detector-template"``): the private caption lists what was
+found including the recognized text, the public caption leaves text and identities out, and the
+edit instruction says what the classic editor will change. Nothing private is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from unsafe2safe_ray import records
+from unsafe2safe_ray.stages.base import Stage
+
+log = logging.getLogger(__name__)
+
+CAPTION_SOURCE = "detector-template"
+PROMPT_VERSION = "detector-template-1"
+FACE = "people"
+TEXT = "text_and_symbols"
+# Recognized text in the private caption is cut here; the full strings stay in ``regions``.
+_MAX_CAPTION_TEXT = 300
+_METHOD_VERBS = {"blur": "blur", "pixelate": "pixelate", "fill": "cover with a solid fill", "inpaint": "inpaint over"}
+
+
+class DetectStage(Stage):
+    """Finds faces, text and licence plates; fills the flag, regions and the caption triplet."""
+
+    name = "detect"
+
+    def setup(self) -> None:
+        """Load CenterFace and rapidocr once per actor, with threads bounded by the actor's CPUs."""
+        import cv2
+
+        from unsafe2safe_ray.detectors.faces import FaceDetector, threads_for
+        from unsafe2safe_ray.detectors.text import TextDetector
+
+        cfg = self.config.detect
+        threads = threads_for(cfg)
+        cv2.setNumThreads(threads)
+        self.faces = None
+        self.ocr = None
+        if cfg.faces:
+            self.faces = FaceDetector(
+                threads=threads,
+                score_threshold=cfg.face_score_threshold,
+                upscale_below=cfg.face_upscale_below,
+                max_side=cfg.face_max_side,
+                tile_size=cfg.face_tile_size,
+            )
+        if cfg.text or cfg.plates:
+            self.ocr = TextDetector(threads=threads, score_threshold=cfg.text_score_threshold,
+                                    min_alnum=cfg.text_min_chars)
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Detect on every live row (the adapter only passes live rows)."""
+        if not hasattr(self, "faces"):
+            self.setup()
+        for row in rows:
+            image = records.get_image(row)
+            if image is None:
+                records.fail(row, "detect: row has no pixels")
+                continue
+            regions = self.find_regions(image)
+            fill_detection_columns(row, regions, self.config)
+        return rows
+
+    def find_regions(self, image) -> list[dict]:
+        """All regions of one RGB image: faces first, then plates, then other text."""
+        from unsafe2safe_ray.detectors.plates import looks_like_plate
+
+        cfg = self.config.detect
+        regions: list[dict] = []
+        if self.faces is not None:
+            for face in self.faces.detect(image):
+                regions.append({"category": FACE, "bbox": face.bbox, "score": round(face.score, 4),
+                                "source": "detector", "kind": "face"})
+        if self.ocr is not None:
+            for line in self.ocr.read(image):
+                is_plate = cfg.plates and looks_like_plate(line)
+                if not is_plate and not cfg.text:
+                    continue
+                regions.append({"category": TEXT, "bbox": line.bbox, "score": round(line.score, 4),
+                                "text": line.text, "source": "detector",
+                                "kind": "licence_plate" if is_plate else "text"})
+        return regions
+
+
+def fill_detection_columns(row: dict[str, Any], regions: list[dict], config) -> dict[str, Any]:
+    """Write the flag, categories, regions and the templated caption triplet into ``row``."""
+    categories = [c for c in records.CATEGORIES if any(r["category"] == c for r in regions)]
+    row["privacy_flag"] = bool(regions)
+    row["categories"] = json.dumps(categories)
+    row["regions"] = json.dumps(regions)
+    row["caption_source"] = CAPTION_SOURCE
+    row["prompt_version"] = PROMPT_VERSION
+    counts = _counts(regions)
+    subject = _subject(row.get("label"))
+    row["private_caption"] = _private_caption(subject, counts, regions)
+    row["public_caption"] = _public_caption(subject, counts)
+    row["edit_instruction"] = _edit_instruction(counts, config)
+    row["privacy_review"] = json.dumps(_review(counts))
+    return row
+
+
+def _counts(regions: list[dict]) -> dict[str, int]:
+    counts = {"face": 0, "licence_plate": 0, "text": 0}
+    for region in regions:
+        kind = region.get("kind") or ("face" if region["category"] == FACE else "text")
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _subject(label: str | None) -> str:
+    if label:
+        article = "an" if label[:1].lower() in "aeiou" else "a"
+        return f"A photo of {article} {label}"
+    return "A photo"
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
+
+
+def _quoted(texts: list[str]) -> str:
+    joined = "; ".join(f'"{t}"' for t in texts)
+    return joined if len(joined) <= _MAX_CAPTION_TEXT else joined[: _MAX_CAPTION_TEXT - 3] + "..."
+
+
+def _private_caption(subject: str, counts: dict[str, int], regions: list[dict]) -> str:
+    """What was found, recognized text included (private table only)."""
+    if not regions:
+        return f"{subject}; no faces, text or licence plates were detected."
+    parts = []
+    if counts["face"]:
+        parts.append(f"{_plural(counts['face'], 'visible face')}")
+    plates = [r["text"] for r in regions if r.get("kind") == "licence_plate"]
+    if plates:
+        parts.append(f"{_plural(len(plates), 'licence plate')} reading {_quoted(plates)}")
+    texts = [r["text"] for r in regions if r.get("kind") == "text"]
+    if texts:
+        parts.append(f"{_plural(len(texts), 'line')} of text reading {_quoted(texts)}")
+    return f"{subject} with " + ", ".join(parts) + "."
+
+
+def _public_caption(subject: str, counts: dict[str, int]) -> str:
+    """The same scene without identities or text content."""
+    parts = []
+    if counts["face"]:
+        people = "one person" if counts["face"] == 1 else f"{counts['face']} people"
+        parts.append(f"{people} whose face{'s are' if counts['face'] > 1 else ' is'} not identifiable")
+    if counts["licence_plate"]:
+        parts.append("a vehicle licence plate that cannot be read")
+    if counts["text"]:
+        parts.append("some text that cannot be read")
+    if not parts:
+        return f"{subject}."
+    return f"{subject} with " + " and ".join(parts) + "."
+
+
+def _edit_instruction(counts: dict[str, int], config) -> str:
+    """What the classic editor will change, with the configured method per category."""
+    methods = config.classic_edit.methods
+    default = config.classic_edit.default_method
+    face_verb = _METHOD_VERBS[methods.get(FACE, default)]
+    text_verb = _METHOD_VERBS[methods.get(TEXT, default)]
+    steps = []
+    if counts["face"]:
+        steps.append(f"{face_verb} {'the face' if counts['face'] == 1 else 'all ' + str(counts['face']) + ' faces'}")
+    if counts["licence_plate"]:
+        steps.append(f"{text_verb} the licence plate{'s' if counts['licence_plate'] > 1 else ''}")
+    if counts["text"]:
+        steps.append(f"{text_verb} {_plural(counts['text'], 'text region')}")
+    if not steps:
+        return ""
+    sentence = "; ".join(steps)
+    return sentence[0].upper() + sentence[1:] + "; leave everything else unchanged."
+
+
+def _review(counts: dict[str, int]) -> list[dict[str, str]]:
+    """The privacy review: what is visible and why it is sensitive (no text content)."""
+    review = []
+    if counts["face"]:
+        review.append({"visible": _plural(counts["face"], "face"),
+                       "why": "a face identifies a person"})
+    if counts["licence_plate"]:
+        review.append({"visible": _plural(counts["licence_plate"], "licence plate"),
+                       "why": "a plate number identifies a vehicle and its owner"})
+    if counts["text"]:
+        review.append({"visible": _plural(counts["text"], "line") + " of readable text",
+                       "why": "text can carry names, addresses, numbers or other personal data"})
+    return review
