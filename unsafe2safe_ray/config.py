@@ -139,8 +139,58 @@ class EditConfig(StageSection):
     """``edit``: the diffusion (or classic) editor of Stage 2."""
 
     pool_size: int | None = 1
+    # instruct-pix2pix | flowedit | kontext | classic | fake[:failure] (fake is for tests).
     editor: str = "classic"
+    # Edit every live row, flagged or not (baselines, benchmarks, tests).
     edit_all: bool = False
+    # Model source per editor: a hub id, a local directory, or tiny://<name>.
+    instruct_pix2pix_model: str = "timbrooks/instruct-pix2pix"
+    flowedit_model: str = "stabilityai/stable-diffusion-3-medium-diffusers"
+    kontext_model: str = "black-forest-labs/FLUX.1-Kontext-dev"
+    # auto = bf16 (fp16 where bf16 is missing) on GPU, float32 on CPU.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # Denoising steps and text guidance; None = the editor's own default
+    # (instruct-pix2pix 50 / 7.5, flowedit 50 / see flowedit_*, kontext 28 / 2.5).
+    steps: int | None = Field(None, ge=1)
+    guidance: float | None = Field(None, ge=0.0)
+    image_guidance: float = Field(1.5, ge=0.0)  # instruct-pix2pix only
+    # FlowEdit (Kulikov et al. 2024) with the Unsafe2Safe paper's settings.
+    flowedit_src_guidance: float = Field(3.5, ge=0.0)
+    flowedit_tar_guidance: float = Field(13.5, ge=0.0)
+    flowedit_n_min: int = Field(0, ge=0)
+    flowedit_n_max: int = Field(33, ge=0)
+    flowedit_n_avg: int = Field(1, ge=1)
+    # T5 prompt length (SD3 and FLUX); shorter is faster, 256 keeps the paper's captions whole.
+    max_sequence_length: int = Field(256, ge=8, le=512)
+    # Working resolution. native: the image's size on the editor's grid, downscaled only when
+    # the longer side exceeds max_side (the paper). area: about bucket_area pixels with the
+    # aspect kept on a bucket_multiple grid, so differently sized images batch together.
+    resolution: Literal["native", "area"] = "native"
+    max_side: int = Field(1536, ge=16)
+    bucket_area: int = Field(1024 * 1024, ge=256)
+    bucket_multiple: int = Field(64, ge=8)
+    # An OOM or NaN batch is retried image by image at this fraction of the size, then fails.
+    fallback_scale: float = Field(0.5, gt=0.0, lt=1.0)
+    # global edits the whole image (the paper); regions blends the edit into the original only
+    # inside the union of detector and VLM regions, grown by dilation (fraction of each box's
+    # longer side) and feathered inward over feather pixels.
+    scope: Literal["global", "regions"] = "global"
+    dilation: float = Field(0.15, ge=0.0, le=2.0)
+    feather: int = Field(8, ge=0)
+    # Verify each edited image with the privacy verifier (the verify section's settings). A leak
+    # is re-edited up to `retries` times with a new seed and stronger settings, then the leaking
+    # regions get the verify section's escalation method; still leaking -> failed row.
+    verify: bool = True
+    retries: int = Field(1, ge=0)
+    classic_fallback: bool = True
+
+    @model_validator(mode="after")
+    def _flowedit_window(self) -> "EditConfig":
+        if self.flowedit_n_min > self.flowedit_n_max:
+            raise ValueError("flowedit_n_min must not exceed flowedit_n_max")
+        if self.editor == "flowedit" and self.steps is not None and self.flowedit_n_max > self.steps:
+            raise ValueError("flowedit_n_max must not exceed steps (set edit.flowedit_n_max too)")
+        return self
 
 
 class JobConfig(Section):
