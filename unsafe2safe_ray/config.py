@@ -127,12 +127,49 @@ class CaptionConfig(StageSection):
     """``caption``: VLM privacy flag, private/public captions and review (Stage 1a/1b)."""
 
     pool_size: int | None = 1
+    # transformers (in-process, CPU or one GPU) | vllm (ray.data.llm processor) | fake (tests).
+    engine: Literal["transformers", "vllm", "fake"] = "transformers"
+    # A hub id, a local directory, an s3:// path, or tiny://<name>.
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    # Longer image side sent to the VLM (the paper's model sees one 448 px tile).
+    max_image_side: int = Field(768, ge=28)
+    max_new_tokens: int = Field(1024, ge=16)
+    temperature: float = Field(0.0, ge=0.0)
+    # transformers engine: torch dtype and intra-op threads (0 = torch's default).
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    threads: int = Field(0, ge=0)
+    # vLLM engine arguments: max_model_len, limit_mm_per_prompt, gpu_memory_utilization,
+    # tensor_parallel_size, trust_remote_code, ... (transformers reads trust_remote_code only).
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    accelerator_type: str | None = None
+    # Privacy criteria: None = the paper's nine categories; else {name: description} or a list
+    # of "name: description" strings / known category names.
+    criteria: dict[str, str] | list[str] | None = None
+    # Ask for bounding boxes too (for models that ground, e.g. Qwen2.5-VL).
+    regions: bool = False
+    # Character bounds of the answer's free text (the grammar enforces them).
+    caption_chars: int = Field(400, ge=16)
+    review_item_chars: int = Field(160, ge=16)
+    max_review_items: int = Field(5, ge=1, le=5)
 
 
 class InstructConfig(StageSection):
     """``instruct``: text LLM edit instruction from the public caption (Stage 1c)."""
 
     pool_size: int | None = 1
+    engine: Literal["transformers", "vllm", "fake"] = "transformers"
+    model: str = "Qwen/Qwen3-4B-Instruct-2507"
+    max_new_tokens: int = Field(384, ge=16)
+    # Sampling, not greedy: new identities should vary across images (the paper's diversity).
+    temperature: float = Field(0.7, ge=0.0)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    threads: int = Field(0, ge=0)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    accelerator_type: str | None = None
+    # Also write the public caption with the edits applied.
+    combined_caption: bool = False
+    instruction_chars: int = Field(360, ge=16)
+    caption_chars: int = Field(400, ge=16)
 
 
 class EditConfig(StageSection):

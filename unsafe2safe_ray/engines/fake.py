@@ -1,0 +1,53 @@
+"""A fake engine for fast unit tests: schema-valid answers, or scripted ones."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from unsafe2safe_ray.engines.base import GenerationRequest, GenerationResult, TextEngine
+
+
+def example_for_schema(schema: dict[str, Any]) -> Any:
+    """A small value that satisfies ``schema`` (the subset of JSON Schema our prompts use)."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: example_for_schema(props[k]) for k in schema.get("required", props)}
+    if kind == "array":
+        return [example_for_schema(schema["items"]) for _ in range(schema.get("minItems", 1))]
+    if kind == "boolean":
+        # True: the safe answer for a privacy flag (a fake must never make images look safe).
+        return True
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    return "a person stands next to a table"
+
+
+class FakeEngine(TextEngine):
+    """Answers every request with ``script(request)``, or a schema-valid example.
+
+    ``script`` may return a string (a finished answer) or a full ``GenerationResult`` (to test
+    truncated answers). ``calls`` records every request for assertions.
+    """
+
+    name = "fake"
+
+    def __init__(self, model: str = "fake", script: Callable[[GenerationRequest], Any] | None = None) -> None:
+        self.model_id = model
+        self.script = script
+        self.calls: list[GenerationRequest] = []
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """One scripted or schema-derived result per request."""
+        results = []
+        for request in requests:
+            self.calls.append(request)
+            if self.script is not None:
+                answer = self.script(request)
+            else:
+                answer = json.dumps(example_for_schema(request.json_schema or {"type": "string"}))
+            results.append(answer if isinstance(answer, GenerationResult) else GenerationResult(text=answer))
+        return results

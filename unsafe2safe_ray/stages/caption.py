@@ -1,0 +1,148 @@
+"""``caption``: Stage 1a/1b. One VLM call per image returns the privacy flag, the categories, a
+short privacy review, and the private/public caption pair (optionally boxes).
+
+The answer is grammar-constrained to ``prompts.inspection_schema``. Anything that does not parse
+(empty, malformed, cut by the token limit) fails the row, keeps the raw text in ``raw_output``
+and sets the flag: an image is never passed as safe because its answer was unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from unsafe2safe_ray import prompts, records
+from unsafe2safe_ray.engines.base import GenerationRequest
+from unsafe2safe_ray.prompts.parsers import ParseError, parse_inspection
+from unsafe2safe_ray.stages.base import Resources, Stage, apply_stage
+
+log = logging.getLogger(__name__)
+
+
+class CaptionStage(Stage):
+    """VLM privacy inspection and dual captions (registry name ``caption``)."""
+
+    name = "caption"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.section = config.caption
+        self.criteria = prompts.resolve_criteria(self.section.criteria)
+        self.category_names = list(self.criteria)
+        self.limits = prompts.TextLimits(
+            caption_chars=self.section.caption_chars,
+            review_item_chars=self.section.review_item_chars,
+            max_review_items=self.section.max_review_items,
+        )
+        self.schema = prompts.inspection_schema(self.category_names, self.section.regions, self.limits)
+        self.prompt_version = prompts.prompt_version("inspect", "criteria")
+        self.engine = None
+        if prompts.max_answer_chars(self.schema) > self.section.max_new_tokens:
+            # Not an error: real models answer far below the bound. Random weights may not.
+            log.info("caption: max_new_tokens %d is below the schema's worst case %d; long "
+                     "answers will fail as truncated", self.section.max_new_tokens,
+                     prompts.max_answer_chars(self.schema))
+
+    def resources(self) -> Resources:
+        """The section's resources; in-process engines always run in an actor pool."""
+        res = super().resources()
+        if res.pool_size is None:
+            return Resources(res.num_cpus, res.num_gpus, res.batch_size, 1)
+        return res
+
+    def setup(self) -> None:
+        """Load the VLM (once per actor)."""
+        from unsafe2safe_ray.engines import load_engine
+
+        kwargs: dict[str, Any] = {}
+        if self.section.engine == "transformers":
+            kwargs = dict(
+                dtype=self.section.dtype,
+                max_image_side=self.section.max_image_side,
+                threads=self.section.threads,
+                trust_remote_code=bool(self.section.engine_kwargs.get("trust_remote_code", False)),
+                seed=self.config.seed,
+            )
+        self.engine = load_engine(self.section.engine, self.section.model, **kwargs)
+
+    # -- one row in, one request out; one answer in, one row out (shared by both engines) --
+
+    def request(self, row: dict[str, Any]):
+        """``(messages, pixels, schema)`` for a live row. A row without pixels cannot be
+        inspected; ``answer`` fails it."""
+        messages = prompts.inspection_messages(
+            row.get("label"), self.criteria, self.section.regions, self.limits)
+        return messages, records.get_image(row), self.schema
+
+    def answer(self, row: dict[str, Any], text: str, finished: bool) -> dict[str, Any]:
+        """Write a parsed answer into ``row``, or fail it keeping the raw text."""
+        row["caption_source"] = self.section.model
+        row["prompt_version"] = self.prompt_version
+        try:
+            found = parse_inspection(
+                text, finished, self.category_names, int(row.get("width") or 0), int(row.get("height") or 0))
+        except ParseError as e:
+            row["raw_output"] = text
+            row["privacy_flag"] = True
+            return records.fail(row, f"caption: {e}")
+        row["privacy_flag"] = found.privacy_flag
+        row["categories"] = json.dumps(found.categories)
+        # Boxes from earlier stages (detectors) stay; the VLM's are added beside them.
+        row["regions"] = json.dumps(records.json_list(row.get("regions")) + found.regions)
+        row["privacy_review"] = json.dumps(found.privacy_review)
+        row["private_caption"] = found.private_caption
+        row["public_caption"] = found.public_caption
+        row["raw_output"] = None
+        return row
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Inspect a batch of live rows with the in-process engine."""
+        todo, requests = [], []
+        for i, row in enumerate(rows):
+            if row.get("image") is None:
+                rows[i] = self._no_pixels(row)
+                continue
+            messages, pixels, schema = self.request(row)
+            todo.append(i)
+            requests.append(GenerationRequest(
+                messages=messages, image=pixels, json_schema=schema,
+                max_new_tokens=self.section.max_new_tokens, temperature=self.section.temperature))
+        if requests:
+            for i, result in zip(todo, self.engine.generate(requests)):
+                rows[i] = self.answer(rows[i], result.text, result.finished)
+        return rows
+
+    def apply(self, ds: Any) -> Any:
+        """vLLM: a ``ray.data.llm`` processor; other engines: the common actor-pool adapter."""
+        if self.section.engine != "vllm":
+            return apply_stage(ds, self)
+        from unsafe2safe_ray.engines.vllm_engine import apply_vllm
+
+        return apply_vllm(ds, self.section, self.vllm_call())
+
+    def vllm_call(self):
+        """The ``VLLMCall`` of this stage (its request and answer, and the decoding settings)."""
+        from unsafe2safe_ray.engines.vllm_engine import VLLMCall
+        from unsafe2safe_ray.testing.tiny import resolve_model_source
+
+        return VLLMCall(
+            stage_name=self.name,
+            model_source=resolve_model_source(self.section.model),
+            request=self._vllm_request,
+            answer=self.answer,
+            max_tokens=self.section.max_new_tokens,
+            temperature=self.section.temperature,
+            max_image_side=self.section.max_image_side,
+            multimodal=True,
+            flag_on_error=True,
+            on_skip=self._no_pixels,
+        )
+
+    def _vllm_request(self, row: dict[str, Any]):
+        return self.request(row) if row.get("image") is not None else None
+
+    @staticmethod
+    def _no_pixels(row: dict[str, Any]) -> dict[str, Any]:
+        row["privacy_flag"] = True
+        return records.fail(row, "caption: the row has no pixels")
