@@ -73,7 +73,7 @@ class DetectConfig(StageSection):
     text: bool = True
     plates: bool = True
     face_score_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    # Small faces: images whose longer side is below this are upscaled (at most 2x) ...
+    # Small faces: images whose longer side is below this are scanned at 2x ...
     face_upscale_below: int = Field(400, ge=0)
     # ... and images above this are also scanned in native-resolution tiles of face_tile_size.
     face_max_side: int = Field(1280, ge=64)

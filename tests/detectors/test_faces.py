@@ -1,0 +1,81 @@
+"""CenterFace on the sample images, its decoding and the small-face paths (tiles, upscaling)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import load_example
+from unsafe2safe_ray.detectors.faces import FaceDetector, nms, threads_for
+
+# Hand-measured face boxes of the samples (x0, y0, x1, y1), loose: hair and chin included.
+ASTRONAUT_FACE = [175, 50, 280, 185]
+CAMERA_FACE = [195, 110, 265, 205]
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.parametrize("name, expected", [("astronaut.jpg", ASTRONAUT_FACE), ("camera.jpg", CAMERA_FACE)])
+def test_finds_the_one_face_of_each_portrait(face_detector, name, expected):
+    faces = face_detector.detect(load_example(name))
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.score > 0.7
+    assert _iou(face.bbox, expected) > 0.5
+    # Landmarks (eyes, nose, mouth) fall inside the box.
+    x0, y0, x1, y1 = face.bbox
+    assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in face.landmarks)
+
+
+@pytest.mark.parametrize("name", ["chelsea.jpg", "coffee.jpg", "page.png", "licence_plate.jpg"])
+def test_no_face_on_negatives(face_detector, name):
+    assert face_detector.detect(load_example(name)) == []
+
+
+def _face_on_canvas(canvas_hw, face_px, at):
+    canvas = np.full((*canvas_hw, 3), 190, dtype=np.uint8)
+    face = cv2.resize(load_example("astronaut.jpg")[40:200, 150:310], (face_px, face_px), interpolation=cv2.INTER_AREA)
+    y, x = at
+    canvas[y : y + face_px, x : x + face_px] = face
+    return canvas, [x, y, x + face_px, y + face_px]
+
+
+def test_small_face_in_large_image_needs_the_tiles():
+    # A 48 px face in a 3200 px image: the global pass shrinks it to about 19 px, too small.
+    image, where = _face_on_canvas((2000, 3200), 48, (1500, 2600))
+    tiled = FaceDetector(threads=1, max_side=1280, tile_size=800)
+    global_only = FaceDetector(threads=1, max_side=1280, tile_size=0)
+    found = tiled.detect(image)
+    assert len(found) == 1 and _iou(found[0].bbox, where) > 0.3
+    assert global_only.detect(image) == []
+
+
+def test_tiny_face_in_small_image_needs_the_upscale():
+    # A 16 px face: CenterFace needs about 25 px, which the doubling provides.
+    image, where = _face_on_canvas((160, 200), 16, (70, 90))
+    upscaled = FaceDetector(threads=1, upscale_below=400).detect(image)
+    native = FaceDetector(threads=1, upscale_below=0).detect(image)
+    assert len(upscaled) == 1 and _iou(upscaled[0].bbox, where) > 0.3
+    assert native == []
+
+
+def test_nms_keeps_the_best_and_drops_contained_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [2, 2, 6, 6]], dtype=np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95], dtype=np.float32)
+    kept = nms(boxes, scores, 0.3)
+    # The small box scores highest; the big overlapping pair keeps its best; far box kept.
+    assert sorted(kept) == [0, 2, 3]
+
+
+def test_threads_follow_the_actor_cpus():
+    from unsafe2safe_ray.config import DetectConfig
+
+    assert threads_for(DetectConfig(num_cpus=0.5)) == 1
+    assert threads_for(DetectConfig(num_cpus=4)) == 4
+    assert threads_for(DetectConfig(num_cpus=4, threads=2)) == 2
