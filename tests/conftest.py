@@ -84,8 +84,11 @@ def s3_bucket(s3_server):
 
     fs = s3fs.S3FileSystem(key="testing", secret="testing",
                            client_kwargs={"endpoint_url": s3_server, "region_name": "us-east-1"})
+    import boto3
+
     name = f"b{uuid.uuid4().hex[:12]}"
-    fs.mkdir(name)
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
     s3fs.S3FileSystem.clear_instance_cache()
     yield name, fs
 
