@@ -85,7 +85,7 @@ def run(
     shards: str = typer.Option("pending", "--shards", help="pending | failed | all | a list like 3,7-9"),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set edit.editor=flowedit"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
-    stages: str = typer.Option("all", "--stages", help="all | inspect (captions only)"),
+    stages: str = typer.Option("all", "--stages", help="all | inspect (Stage 1 only) | edit (--input is an earlier --stages inspect output)"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id (default: $RAY_JOB_SUBMISSION_ID or a timestamp)."),
 ) -> None:
     """Anonymize INPUT into OUTPUT. Reruns process only what --shards selects."""

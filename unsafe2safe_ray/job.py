@@ -21,9 +21,10 @@ from typing import Any, Callable
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.config import JobConfig
-from unsafe2safe_ray.plan.planner import Plan, make_or_load_plan, select_shards
+from unsafe2safe_ray.plan.planner import Plan, make_or_load_plan, plan_from_output, select_shards
 from unsafe2safe_ray.stages import load_stage_class
 from unsafe2safe_ray.stages.decode import DecodeStage
+from unsafe2safe_ray.stages.load_captions import LoadCaptionsStage
 from unsafe2safe_ray.stages.write import WriteStage
 from unsafe2safe_ray.storage import commits as commit_store
 from unsafe2safe_ray.storage import fs as storage
@@ -32,8 +33,10 @@ from unsafe2safe_ray.storage.layout import OutputLayout
 log = logging.getLogger(__name__)
 
 _RUN_ID_OK = re.compile(r"^[A-Za-z0-9_.]+$")
-# Stages that only inspect; "--stages inspect" stops before the first stage not listed here.
+# Stages that only inspect. "--stages inspect" stops before the first stage not listed here;
+# "--stages edit" starts there, with the earlier run's captions loaded back into the rows.
 INSPECT_STAGES = ("detect", "caption", "instruct")
+STAGE_SELECTIONS = ("all", "inspect", "edit")
 
 
 @dataclass
@@ -92,19 +95,22 @@ def init_ray(address: str | None = None) -> None:
              include_dashboard=False, logging_level=logging.WARNING)
 
 
-def build_stages(config: JobConfig, stages: str = "all") -> list:
-    """The profile's stages, cut to ``inspect`` when asked."""
+def build_stages(config: JobConfig, stages: str = "all", earlier_uri: str | None = None) -> list:
+    """The profile's stages; ``inspect`` keeps those before the first editing stage, ``edit``
+    the rest, preceded by loading ``earlier_uri``'s captions."""
+    if stages not in STAGE_SELECTIONS:
+        raise ValueError(f"--stages must be one of {', '.join(STAGE_SELECTIONS)}, got {stages!r}")
     names = list(config.stages)
+    cut = next((i for i, n in enumerate(names) if n not in INSPECT_STAGES), len(names))
     if stages == "inspect":
-        cut = next((i for i, n in enumerate(names) if n not in INSPECT_STAGES), len(names))
-        names = names[:cut]
-    elif stages != "all":
-        raise ValueError(f"--stages must be all or inspect, got {stages!r}")
+        return [load_stage_class(n)(config) for n in names[:cut]]
+    if stages == "edit":
+        return [LoadCaptionsStage(config, earlier_uri), *(load_stage_class(n)(config) for n in names[cut:])]
     return [load_stage_class(n)(config) for n in names]
 
 
 def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], run_id: str,
-                  stages: str = "all") -> Any:
+                  stages: str = "all", earlier_uri: str | None = None) -> Any:
     """Steps 4-6: the streaming Dataset from planned rows to written summary rows."""
     import ray.data
     from ray.data.expressions import col
@@ -114,9 +120,9 @@ def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], ru
     # Small blocks so decode spreads over all CPUs even when few shards are selected.
     ds = ds.repartition(target_num_rows_per_block=config.io.read_batch_size)
     ds = DecodeStage(config).apply(ds)
-    for stage in build_stages(config, stages):
+    for stage in build_stages(config, stages, earlier_uri):
         ds = stage.apply(ds)
-    return WriteStage(config, layout, run_id).apply(ds)
+    return WriteStage(config, layout, run_id, inspect_only=stages == "inspect").apply(ds)
 
 
 def _arrow_fs(layout: OutputLayout):
@@ -140,6 +146,8 @@ def run_job(
     """Anonymize ``input_uri`` into ``output_uri``; returns what was committed.
 
     Reruns with the same output process only what ``shards`` selects (see ``select_shards``).
+    ``stages="inspect"`` runs Stage 1 only (flagged rows wait, withheld, as failed rows);
+    ``stages="edit"`` takes such an output as ``input_uri`` and only edits.
     """
     run_id = run_id or new_run_id()
     if not _RUN_ID_OK.match(run_id):
@@ -149,7 +157,10 @@ def run_job(
     storage.check_reachable(layout.fs, layout.root, "output")
 
     # 1. Plan (reused on reruns; a changed input listing stops the job).
-    plan = make_or_load_plan(layout, input_uri, config.io.shard_size, config.io.storage_options)
+    if stages == "edit":
+        plan = plan_from_output(layout, OutputLayout(input_uri, config.io.storage_options))
+    else:
+        plan = make_or_load_plan(layout, input_uri, config.io.shard_size, config.io.storage_options)
     # 2. Select shards.
     existing = commit_store.read_commits(layout)
     selected = select_shards(shards, plan, existing)
@@ -172,7 +183,7 @@ def run_job(
     if selected:
         init_ray(config.ray.address)
         # 4-6. Stream rows through the stages into shard parts.
-        ds = build_dataset(config, layout, selected, run_id, stages)
+        ds = build_dataset(config, layout, selected, run_id, stages, earlier_uri=input_uri)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
                 tracker = trackers[row["shard"]]

@@ -104,6 +104,24 @@ def make_or_load_plan(layout: OutputLayout, input_uri: str, shard_size: int,
     return plan
 
 
+def plan_from_output(layout: OutputLayout, earlier: OutputLayout) -> Plan:
+    """For ``--stages edit``: reuse the plan of an earlier (inspect-only) output, so keys and
+    shards line up with its captions."""
+    source = load_plan(earlier)
+    if source is None:
+        raise PlanError(f"{earlier.root_uri} has no _plan/plan.json; --stages edit needs the output "
+                        "of an earlier `--stages inspect` run as --input")
+    saved = load_plan(layout)
+    if saved is not None:
+        if saved.listing_digest != source.listing_digest:
+            raise PlanError(f"{layout.root_uri} was planned from another input; write to a new --output")
+        return saved
+    with earlier.fs.open(earlier.plan_images, "rb") as f:
+        storage.atomic_write(layout.fs, layout.plan_images, f.read())
+    storage.write_json(layout.fs, layout.plan_json, source.to_json())
+    return source
+
+
 def load_plan(layout: OutputLayout) -> Plan | None:
     if not layout.fs.exists(layout.plan_json):
         return None

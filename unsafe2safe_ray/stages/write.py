@@ -16,6 +16,7 @@ import pyarrow as pa
 from unsafe2safe_ray import records
 from unsafe2safe_ray.imaging import encode_image
 from unsafe2safe_ray.stages.base import Resources, Stage, map_batches_kwargs
+from unsafe2safe_ray.stages.load_captions import INSPECT_ONLY_ERROR
 from unsafe2safe_ray.storage.layout import OutputLayout
 from unsafe2safe_ray.storage.sink import Sample, write_part
 
@@ -25,7 +26,10 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
-def finalize(row: dict[str, Any]) -> dict[str, Any]:
+WITHHELD_ERROR = "flagged image was not edited; its original pixels are withheld"
+
+
+def finalize(row: dict[str, Any], withheld_error: str = WITHHELD_ERROR) -> dict[str, Any]:
     """Turn a row's status into exactly one of edited / passed / failed (fail closed)."""
     status = row.get("status")
     if status == records.FAILED:
@@ -36,7 +40,7 @@ def finalize(row: dict[str, Any]) -> dict[str, Any]:
         return row
     if row.get("privacy_flag"):
         # Flagged but not edited: never write the original pixels.
-        return records.fail(row, "flagged image was not edited; its original pixels are withheld")
+        return records.fail(row, withheld_error)
     row["status"] = records.PASSED
     return row
 
@@ -46,10 +50,11 @@ class WriteStage(Stage):
 
     name = "write"
 
-    def __init__(self, config: Any, layout: OutputLayout, run_id: str) -> None:
+    def __init__(self, config: Any, layout: OutputLayout, run_id: str, inspect_only: bool = False) -> None:
         super().__init__(config)
         self.layout = layout
         self.run_id = run_id
+        self.withheld_error = INSPECT_ONLY_ERROR if inspect_only else WITHHELD_ERROR
 
     def resources(self) -> Resources:
         return Resources(num_cpus=self.config.ray.write_num_cpus, batch_size=self.config.io.write_batch_size)
@@ -61,7 +66,7 @@ class WriteStage(Stage):
         return fmt
 
     def to_sample(self, row: dict[str, Any]) -> Sample:
-        row = finalize(row)
+        row = finalize(row, self.withheld_error)
         image_bytes = ext = None
         if row["status"] != records.FAILED:
             try:
