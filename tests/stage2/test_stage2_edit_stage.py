@@ -231,3 +231,28 @@ def test_setup_loads_the_real_verifier_when_verification_is_on():
 
     stage = edit_stage("edit.verify=true")
     assert isinstance(stage.verifier, PrivacyVerifier)
+
+
+def test_real_verifier_catches_a_face_outside_the_edited_regions_and_classic_fill_fixes_it(sample_images):
+    """Region scope on a box away from the astronaut's face leaves the face intact: the real
+    verifier (CenterFace + dlib) finds the same identity, the retry cannot help (the face stays
+    outside the regions), and the classic fill on the leaking face box makes the row pass."""
+    from PIL import Image
+
+    from unsafe2safe_ray.detectors.verifier import PrivacyVerifier
+
+    image = np.asarray(Image.open(sample_images / "astronaut.jpg").convert("RGB"))
+    h, w = image.shape[:2]
+    row = make_row("astro", image=image, regions=[{"category": "text_and_symbols", "bbox": [w - 60, h - 60, w - 10, h - 10]}])
+    stage = edit_stage("edit.scope=regions", "edit.retries=1", "edit.feather=0")
+    stage.verifier = PrivacyVerifier(stage.config.verify)
+    out = stage.process([row])[0]
+    assert out["status"] == records.EDITED, out["error"]
+    info = json.loads(out["verification"])["edit"]
+    assert [a.get("ok") for a in info["attempts"]] == [False, False, True]
+    assert info["attempts"][0]["leaks"][0]["kind"] == "face_identity"
+    assert info["fallback"] == "fill" and info["ok"]
+    face = info["attempts"][0]["leaks"][0]["bbox"]
+    x0, y0, x1, y1 = (int(v) for v in face)
+    edited = records.get_image(out)
+    assert not np.array_equal(edited[y0:y1, x0:x1], image[y0:y1, x0:x1])
