@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -79,7 +80,9 @@ def sampling_params(max_tokens: int, temperature: float, json_schema: dict | Non
     """vLLM ``SamplingParams`` fields as a dict; the schema goes to ``structured_outputs``."""
     params: dict[str, Any] = {"max_tokens": int(max_tokens), "temperature": float(temperature)}
     if json_schema is not None:
-        params["structured_outputs"] = {"json": json_schema}
+        # As a JSON string: a dict would travel as an Arrow struct, whose type unification
+        # across rows can add null keys to the schema.
+        params["structured_outputs"] = {"json": json.dumps(json_schema)}
     return params
 
 
