@@ -237,6 +237,14 @@ class TextReader:
         result = self._ocr(np.ascontiguousarray(image))
         return "\n".join(t for t in (result.txts or ()) if t and t.strip())
 
+    def boxes(self, image: np.ndarray) -> list[list[float]]:
+        """Axis-aligned [x0, y0, x1, y1] boxes of the recognized lines."""
+        result = self._ocr(np.ascontiguousarray(image))
+        if result.boxes is None:
+            return []
+        return [[float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 0].max()), float(b[:, 1].max())]
+                for b in np.asarray(result.boxes)]
+
 
 def normalize_text(text: str | None) -> str:
     """Lower case with whitespace collapsed, so layout changes alone cost nothing."""

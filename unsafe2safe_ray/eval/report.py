@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import math
+import posixpath
 from typing import Any
 
 from unsafe2safe_ray.eval.paper import PAPER_NUMBERS, PAPER_SOURCE
@@ -112,7 +113,8 @@ def _card(row: dict) -> str:
         if row.get(name) is not None:
             metrics.append(f"{label} {_fmt(row[name])}")
     return (
-        f"<div class='card'><div class='key'>{html.escape(str(row.get('key')))}</div>"
+        f"<div class='card'><div class='key'>{html.escape(str(row.get('key')))} · "
+        f"{html.escape(posixpath.basename(str(row.get('source_uri') or '')))}</div>"
         "<div class='pair'>"
         f"<figure><img alt='original' src='{_data_url(row.get('thumb_original'))}'><figcaption>original</figcaption></figure>"
         f"<figure><img alt='anonymized' src='{_data_url(row.get('thumb_anonymized'))}'><figcaption>anonymized</figcaption></figure>"

@@ -25,8 +25,33 @@ from unsafe2safe_ray.eval.options import EvalOptions
 
 log = logging.getLogger(__name__)
 
-# Columns kept out of per_image.parquet: pixels and gallery thumbnails.
-HEAVY_COLUMNS = ("anonymized", "thumb_original", "thumb_anonymized")
+# Columns kept out of per_image.parquet: gallery thumbnails.
+HEAVY_COLUMNS = ("thumb_original", "thumb_anonymized")
+
+
+def _result_schema():
+    """Every column a scored row can hold, typed once so that all Ray blocks agree (a column
+    that is empty in one batch would otherwise come back as nulls of another type)."""
+    import pyarrow as pa
+
+    text, real, count = pa.string(), pa.float64(), pa.int64()
+    columns = [
+        ("method", text), ("key", text), ("source_uri", text), ("label", text), ("status", text),
+        ("regions", text), ("eval_error", text), ("unavailable", text), ("size_changed", pa.bool_()),
+        ("thumb_original", pa.binary()), ("thumb_anonymized", pa.binary()),
+        ("face_embedder", text), ("face_count_original", count), ("face_count_anonymized", count),
+        ("face_count_redetected", count), ("face_identity_matches", count),
+        ("face_best_similarities", pa.list_(real)), ("face_sim", real),
+        ("face_boxes_original", pa.list_(pa.list_(real))),
+        ("text_original", text), ("text_anonymized", text),
+        ("text_sim_token_set", real), ("text_sim_levenshtein", real), ("text_cer", real),
+        ("ssim", real), ("ssim_inside_regions", real), ("ssim_outside_regions", real),
+        ("psnr", real), ("psnr_inside_regions", real), ("psnr_outside_regions", real),
+        ("phash_distance", count), ("lpips", real),
+        ("clip_score", real), ("clip_directional", real), ("clip_image_similarity", real),
+        ("vlm_score", real), ("race_original", text), ("race_anonymized", text),
+    ]
+    return pa.schema(columns)
 
 
 class PairEvaluator:
@@ -96,8 +121,10 @@ class PairEvaluator:
 
     # -- per batch ---------------------------------------------------------------------------
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        rows = batch.to_pylist()  # Arrow keeps None as None (numpy batches turn it into NaN)
         scored, pixels = [], []
         for row in rows:
             out, pair = self._score_pair(row)
@@ -106,7 +133,8 @@ class PairEvaluator:
         live = [i for i, pair in enumerate(pixels) if pair is not None]
         if live:
             self._score_batched(scored, [pixels[i] for i in live], [rows[i] for i in live], live)
-        return {name: [row.get(name) for row in scored] for name in _union_keys(scored)}
+        schema = _result_schema()
+        return pa.Table.from_pylist([{c: row.get(c) for c in schema.names} for row in scored], schema=schema)
 
     def _load_pair(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
         original = imgs.load_rgb(row["source_uri"], self.options.storage_options)
@@ -192,13 +220,6 @@ def _guard(family: str, fn) -> dict[str, str]:
         return {family: f"{type(e).__name__}: {e}"[:300]}
 
 
-def _union_keys(rows: list[dict]) -> list[str]:
-    keys: dict[str, None] = {}
-    for row in rows:
-        keys.update(dict.fromkeys(row))
-    return list(keys)
-
-
 # -- summary -------------------------------------------------------------------------------------
 
 
@@ -263,7 +284,7 @@ def summarize(rows: list[dict], options: EvalOptions) -> dict[str, Any]:
 
 
 def _nan_to_none(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else value
+    return None if value is None or math.isnan(value) else value + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def unavailable_metrics(rows: list[dict]) -> dict[str, str]:
@@ -287,21 +308,14 @@ def score_pairs(pair_rows: list[dict], options: EvalOptions) -> list[dict]:
         fn_constructor_kwargs={"options": options},
         compute=ray.data.ActorPoolStrategy(size=options.pool_size),
         batch_size=options.batch_size,
-        batch_format="numpy",
+        batch_format="pyarrow",
         num_gpus=options.num_gpus,
         num_cpus=1,
     )
-    rows = ds.take_all()
-    return [{k: _plain(v) for k, v in row.items()} for row in rows]
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars / arrays from Ray batches back to Python values."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()] if value.dtype != object else [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    rows = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows.extend(batch.to_pylist())
+    return rows
 
 
 def write_per_image(rows: list[dict], path: str, storage_options: dict | None = None) -> None:
@@ -311,9 +325,9 @@ def write_per_image(rows: list[dict], path: str, storage_options: dict | None = 
 
     from unsafe2safe_ray.storage.fs import atomic_write, filesystem
 
-    light = [{k: v for k, v in row.items() if k not in HEAVY_COLUMNS} for row in rows]
-    columns = _union_keys(light)
-    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in light])
+    schema = _result_schema()
+    light = pa.schema([f for f in schema if f.name not in HEAVY_COLUMNS])
+    table = pa.Table.from_pylist([{c: row.get(c) for c in light.names} for row in rows], schema=light)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     fs, fs_path = filesystem(path, storage_options)
