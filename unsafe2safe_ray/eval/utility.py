@@ -81,28 +81,36 @@ class FeatureExtractor:
         elif features != "pixels":
             raise ValueError(f"unknown feature source {features!r}; use clip:<model> or pixels")
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        rows = batch.to_pylist()  # Arrow keeps None as None (numpy batches turn it into NaN)
         images = [_decode(row, self.storage_options) for row in rows]
         if self.clip is not None:
             vectors = list(self.clip.image_embeddings(images))
         else:
             vectors = [pixel_features(image) for image in images]
-        return {"label": [row["label"] for row in rows], "features": [v.astype(np.float32) for v in vectors]}
+        return pa.table({"split": [row["split"] for row in rows], "label": [row["label"] for row in rows],
+                         "features": [np.asarray(v, dtype=np.float32).tolist() for v in vectors]})
 
 
-def extract_features(rows: list[dict], features: str, storage_options: dict | None = None,
-                     pool_size: int = 1, batch_size: int = 8) -> tuple[np.ndarray, list[str]]:
-    """Feature matrix and labels of ``rows``, computed as a Ray Data job (order not kept)."""
+def extract_features(splits: dict[str, list[dict]], features: str, storage_options: dict | None = None,
+                     pool_size: int = 1, batch_size: int = 8) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Feature matrix and labels per split, all splits in one Ray Data job (one model load)."""
     import ray
 
+    rows = [dict(row, split=name) for name, split_rows in splits.items() for row in split_rows]
     ds = ray.data.from_items(rows).map_batches(
         FeatureExtractor, fn_constructor_kwargs={"features": features, "storage_options": storage_options},
-        compute=ray.data.ActorPoolStrategy(size=pool_size), batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool_size), batch_size=batch_size, batch_format="pyarrow",
         num_cpus=1,
     )
-    out = ds.take_all()
-    return np.stack([np.asarray(r["features"], dtype=np.float32) for r in out]), [str(r["label"]) for r in out]
+    grouped: dict[str, tuple[list, list]] = {name: ([], []) for name in splits}
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            grouped[row["split"]][0].append(np.asarray(row["features"], dtype=np.float32))
+            grouped[row["split"]][1].append(str(row["label"]))
+    return {name: (np.stack(x), y) for name, (x, y) in grouped.items()}
 
 
 def train_linear_probe(x: np.ndarray, y: np.ndarray, classes: int, epochs: int = 300, seed: int = 0):
@@ -196,11 +204,13 @@ def run_utility(train: str, test: str, features: str = "clip:openai/clip-vit-lar
         "test_images_unseen_label": sum(1 for r in test_rows if r["label"] not in classes),
     }
     if mode == "linear":
-        # 2. Frozen features for all three sets in one Ray Data job each.
+        # 2. Frozen features for the three sets in one Ray Data job.
         index = {c: i for i, c in enumerate(classes)}
-        x_test, y_test = extract_features(test_rows, features, storage_options, pool_size)
-        for name, rows in (("anonymized", anonymized_rows), ("raw", raw_rows)):
-            x_train, y_train = extract_features(rows, features, storage_options, pool_size)
+        extracted = extract_features({"anonymized": anonymized_rows, "raw": raw_rows, "test": test_rows},
+                                     features, storage_options, pool_size)
+        x_test, y_test = extracted["test"]
+        for name in ("anonymized", "raw"):
+            x_train, y_train = extracted[name]
             # 3. Probe; test labels never seen in training count as errors.
             predict = train_linear_probe(x_train, np.array([index[y] for y in y_train]), len(classes))
             predicted = [classes[i] for i in predict(x_test)]
