@@ -10,7 +10,9 @@ diffusion ``edit`` stage) and relies on row columns only. For each such row:
 3. A row that still leaks becomes a failed row (never a leaked sample).
 
 The results go to ``verification`` (JSON: numbers and boxes only, never text), and
-``original_image`` is cleared so the original pixels go no further than this stage.
+``original_image`` is cleared so the original pixels go no further than this stage. The
+recognized strings are dropped from ``regions`` too: ``regions`` is published in the captions
+table, and after verification nothing needs the text (the private caption keeps it).
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ class VerifyStage(Stage):
         if not hasattr(self, "verifier"):
             self.setup()
         for row in rows:
-            if row.get("original_image") is None:
-                if row.get("status") == records.EDITED:
-                    # An edit we cannot compare with its original cannot be vouched for.
-                    records.fail(row, "verify: edited row has no original_image to verify against")
-                continue
-            self._verify_row(row)
-            row["original_image"] = None
+            if row.get("original_image") is not None:
+                self._verify_row(row)
+                row["original_image"] = None
+            elif row.get("status") == records.EDITED:
+                # An edit we cannot compare with its original cannot be vouched for.
+                records.fail(row, "verify: edited row has no original_image to verify against")
+            row["regions"] = strip_region_text(row.get("regions"))
         return rows
 
     def _verify_row(self, row: dict[str, Any]) -> None:
@@ -106,3 +108,9 @@ def _leak_regions(report) -> list[dict]:
 
 def _leak_summary(leak) -> dict:
     return {"category": leak.category, "bbox": leak.bbox, "kind": leak.kind, "detail": leak.detail}
+
+
+def strip_region_text(regions_json: str | None) -> str:
+    """``regions`` without the recognized ``text`` of each region (boxes and kinds stay)."""
+    regions = records.json_list(regions_json)
+    return json.dumps([{k: v for k, v in region.items() if k != "text"} for region in regions])
