@@ -114,3 +114,19 @@ def test_verifier_refuses_mismatched_sizes(verifier):
 
 def test_default_config_is_built_when_none_is_given():
     assert PrivacyVerifier().config.face_distance_threshold == 0.6
+
+
+def test_a_face_moved_elsewhere_still_leaks_and_points_at_its_new_place(astronaut_and_face, verifier):
+    image, regions = astronaut_and_face
+    x0, y0, x1, y1 = regions[0]["bbox"]
+    moved = obscure_regions(image, regions, "fill")
+    # The editor "kept" the face, just somewhere else (lower right, on the suit).
+    moved[330:330 + (y1 - y0), 380:380 + (x1 - x0)] = image[y0:y1, x0:x1]
+    report = verifier.check(image, moved, regions)
+    assert not report.ok
+    [leak] = report.leaks
+    mx0, my0, _, _ = leak.detail["matched_bbox"]
+    assert abs(mx0 - 380) < 30 and abs(my0 - 330) < 30
+    # Escalating both boxes (what the verify stage does) removes it.
+    fixed = obscure_regions(moved, [regions[0], {"category": "people", "bbox": leak.detail["matched_bbox"]}], "fill", 0.15)
+    assert verifier.check(image, fixed, regions).ok
