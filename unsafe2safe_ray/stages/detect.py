@@ -11,13 +11,10 @@ edit instruction says what the classic editor will change. Nothing private is lo
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.stages.base import Stage
-
-log = logging.getLogger(__name__)
 
 CAPTION_SOURCE = "detector-template"
 PROMPT_VERSION = "detector-template-1"
