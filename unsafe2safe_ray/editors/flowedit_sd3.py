@@ -56,8 +56,9 @@ class FlowEditSD3Editor(Editor):
 
     def __init__(
         self,
-        model_source: str,
+        model_source: str | None = None,
         *,
+        pipe=None,
         steps: int | None = None,
         src_guidance: float = 3.5,
         tar_guidance: float = 13.5,
@@ -67,9 +68,9 @@ class FlowEditSD3Editor(Editor):
         max_sequence_length: int = 256,
         dtype: str = "auto",
     ) -> None:
+        """Load the pipeline from ``model_source`` (hub id or local folder), or wrap an already
+        built ``pipe`` (benchmarks build random full-size ones in memory)."""
         import torch
-        from diffusers import StableDiffusion3Pipeline
-
         quiet_diffusers()
         self.steps = steps or DEFAULT_STEPS
         if not 0 <= n_min <= n_max <= self.steps:
@@ -77,7 +78,11 @@ class FlowEditSD3Editor(Editor):
         self.device, self.dtype = torch_device_and_dtype(dtype)
         # The pipeline object only holds the components and encodes prompts; its __call__ is
         # never used.
-        self.pipe = StableDiffusion3Pipeline.from_pretrained(model_source, dtype=self.dtype).to(self.device)
+        if pipe is None:
+            from diffusers import StableDiffusion3Pipeline
+
+            pipe = StableDiffusion3Pipeline.from_pretrained(model_source, dtype=self.dtype)
+        self.pipe = pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.src_guidance, self.tar_guidance = src_guidance, tar_guidance
         self.n_min, self.n_max, self.n_avg = n_min, n_max, n_avg

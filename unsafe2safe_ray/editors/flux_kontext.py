@@ -33,19 +33,24 @@ class FluxKontextEditor(Editor):
 
     def __init__(
         self,
-        model_source: str,
+        model_source: str | None = None,
         *,
+        pipe=None,
         steps: int | None = None,
         guidance: float | None = None,
         max_sequence_length: int = 256,
         dtype: str = "auto",
     ) -> None:
+        """Load the pipeline from ``model_source`` (hub id or local folder), or wrap an already
+        built ``pipe`` (benchmarks build random full-size ones in memory)."""
         import torch
-        from diffusers import FluxKontextPipeline
-
         quiet_diffusers()
         self.device, self.dtype = torch_device_and_dtype(dtype)
-        self.pipe = FluxKontextPipeline.from_pretrained(model_source, dtype=self.dtype).to(self.device)
+        if pipe is None:
+            from diffusers import FluxKontextPipeline
+
+            pipe = FluxKontextPipeline.from_pretrained(model_source, dtype=self.dtype)
+        self.pipe = pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps = steps or DEFAULT_STEPS
         self.guidance = DEFAULT_GUIDANCE if guidance is None else guidance

@@ -30,21 +30,26 @@ class InstructPix2PixEditor(Editor):
 
     def __init__(
         self,
-        model_source: str,
+        model_source: str | None = None,
         *,
+        pipe=None,
         steps: int | None = None,
         guidance: float | None = None,
         image_guidance: float = 1.5,
         dtype: str = "auto",
     ) -> None:
+        """Load the pipeline from ``model_source`` (hub id or local folder), or wrap an already
+        built ``pipe`` (benchmarks build random full-size ones in memory)."""
         import torch
-        from diffusers import StableDiffusionInstructPix2PixPipeline
-
         quiet_diffusers()
         self.device, self.dtype = torch_device_and_dtype(dtype)
-        self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            model_source, dtype=self.dtype, safety_checker=None, requires_safety_checker=False
-        ).to(self.device)
+        if pipe is None:
+            from diffusers import StableDiffusionInstructPix2PixPipeline
+
+            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                model_source, dtype=self.dtype, safety_checker=None, requires_safety_checker=False
+            )
+        self.pipe = pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps = steps or DEFAULT_STEPS
         self.guidance = DEFAULT_GUIDANCE if guidance is None else guidance
