@@ -190,3 +190,25 @@ def test_run_report_has_totals_and_stage_times(mixed):
     assert report["images"] == sum(result.counts.values())
     assert report["stage_seconds"]["decode"] > 0 and report["images_per_second"] > 0
     assert report["config"]["profile"] == "none"
+
+
+def test_published_regions_carry_no_recognized_text(tmp_path):
+    from unsafe2safe_ray.stages.write import WriteStage
+
+    stage = WriteStage(_config(), OutputLayout(str(tmp_path)), "r")
+    row = records.new_row("000000000", 0, "file:///x.jpg", None, 1)
+    records.set_image(row, np.zeros((8, 8, 3), np.uint8))
+    row.update(status=records.EDITED, privacy_flag=True,
+               regions=json.dumps([{"category": "text_and_symbols", "bbox": [0, 0, 4, 4], "text": "KX 482 TB"}]))
+    sample = stage.to_sample(row)
+    assert json.loads(sample.caption_row["regions"]) == [{"category": "text_and_symbols", "bbox": [0, 0, 4, 4]}]
+    assert "KX 482 TB" in sample.private_row["regions"]
+
+
+def test_actor_pools_that_starve_the_read_tasks_are_refused(tmp_path):
+    from unsafe2safe_ray.config import ConfigError
+
+    write_good_images(tmp_path / "in", 2)
+    cfg = _config("stages=[detect, verify]", "detect.pool_size=2", "detect.num_cpus=1")
+    with pytest.raises(ConfigError, match="actor pools reserve"):
+        run_job(str(tmp_path / "in"), str(tmp_path / "out"), cfg)

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.config import JobConfig
-from unsafe2safe_ray.plan.planner import Plan, make_or_load_plan, plan_from_output, select_shards
+from unsafe2safe_ray.plan.planner import (Plan, load_plan, make_or_load_plan, plan_chunks, plan_from_output,
+                                          read_plan_chunk, select_shards)
 from unsafe2safe_ray.stages import load_stage_class
 from unsafe2safe_ray.stages.decode import DecodeStage
 from unsafe2safe_ray.stages.load_captions import LoadCaptionsStage
@@ -109,29 +110,51 @@ def build_stages(config: JobConfig, stages: str = "all", earlier_uri: str | None
     return [load_stage_class(n)(config) for n in names]
 
 
+def check_local_fit(config: JobConfig, stage_list: list) -> None:
+    """On a local Ray, refuse a config whose actor pools reserve so many CPUs that the task
+    stages (decode, write) could never be scheduled: Ray would wait forever, silently."""
+    import ray
+
+    if config.ray.address or os.environ.get("RAY_ADDRESS"):
+        return  # clusters autoscale; their size is not known up front
+    total = ray.cluster_resources().get("CPU", 0.0)
+    reserved, pools = 0.0, []
+    for stage in stage_list:
+        res = stage.resources()
+        if res.pool_size is not None:
+            reserved += res.pool_size * res.num_cpus
+            pools.append(f"{stage.name}={res.pool_size}x{res.num_cpus:g}")
+    task_cpus = max(config.ray.decode_num_cpus, config.ray.write_num_cpus)
+    if pools and reserved + task_cpus > total + 1e-9:
+        from unsafe2safe_ray.config import ConfigError
+
+        raise ConfigError(
+            f"actor pools reserve {reserved:g} of this machine's {total:g} CPUs ({', '.join(pools)}), leaving "
+            f"no room for the {task_cpus:g}-CPU decode/write tasks; lower <stage>.pool_size or <stage>.num_cpus "
+            "(fractions are fine) or ray.decode_num_cpus / ray.write_num_cpus")
+
+
 def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], run_id: str,
                   stages: str = "all", earlier_uri: str | None = None) -> Any:
     """Steps 4-6: the streaming Dataset from planned rows to written summary rows."""
     import ray.data
-    from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(layout.plan_images, filesystem=_arrow_fs(layout))
-    ds = ds.filter(expr=col("shard").is_in(shards))
-    # Small blocks so decode spreads over all CPUs even when few shards are selected.
-    ds = ds.repartition(target_num_rows_per_block=config.io.read_batch_size)
+    # Work items, not rows: a few per shard so a shard spreads over workers. Expanding them in
+    # fractional-CPU tasks (not read_parquet, whose listing task takes a whole CPU) keeps the
+    # read from starving beside actor pools that reserved the rest of a small node.
+    plan = load_plan(layout)
+    chunk_rows = max(config.io.read_batch_size, -(-plan.shard_size // 16))
+    items = plan_chunks(plan, shards, chunk_rows)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
+    ds = ds.flat_map(lambda item: read_plan_chunk(layout, item["shard"], item["offset"], item["count"]),
+                     num_cpus=min(config.ray.decode_num_cpus, 0.25))
     ds = DecodeStage(config).apply(ds)
-    for stage in build_stages(config, stages, earlier_uri):
+    stage_list = build_stages(config, stages, earlier_uri)
+    check_local_fit(config, stage_list)
+    for stage in stage_list:
         ds = stage.apply(ds)
     return WriteStage(config, layout, run_id, inspect_only=stages == "inspect").apply(ds)
 
-
-def _arrow_fs(layout: OutputLayout):
-    """The output filesystem as pyarrow sees it (fsspec-wrapped, so storage_options apply)."""
-    import pyarrow.fs as pafs
-
-    if storage.is_local(layout.fs):
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(layout.fs))
 
 
 def run_job(
@@ -228,8 +251,6 @@ def _commit(layout: OutputLayout, shard: int, tracker: ShardTracker, run_id: str
 
 def shard_status(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Committed / pending / with-failures shards and image counts, from markers only."""
-    from unsafe2safe_ray.plan.planner import load_plan
-
     layout = OutputLayout(output_uri, storage_options or {})
     storage.check_reachable(layout.fs, layout.root, "output")
     plan: Plan | None = load_plan(layout)

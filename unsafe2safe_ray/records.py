@@ -108,6 +108,7 @@ PRIVATE_SCHEMA = pa.schema(
         ("private_caption", pa.string()),
         ("privacy_review", pa.string()),
         ("raw_output", pa.string()),
+        ("regions", pa.string()),  # with recognized text; the captions table's copy has none
         ("run_id", pa.string()),
     ]
 )
@@ -170,6 +171,11 @@ def set_image(row: dict[str, Any], image: np.ndarray, column: str = "image") -> 
     row[column] = np.ascontiguousarray(image).tobytes()
     if column == "image":
         row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
+
+
+def public_regions(value: str | None) -> str:
+    """Regions without recognized text (plate numbers, names): what publishable files may hold."""
+    return json.dumps([{k: v for k, v in r.items() if k != "text"} for r in json_list(value)])
 
 
 def json_list(value: str | None) -> list:

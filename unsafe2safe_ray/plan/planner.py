@@ -97,7 +97,8 @@ def make_or_load_plan(layout: OutputLayout, input_uri: str, shard_size: int,
         "label": listing.labels,
     }, schema=PLAN_SCHEMA)
     buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=max(shard_size, 1024))
+    # One row group per shard: a worker reading one shard's rows skips every other group.
+    pq.write_table(table, buf, row_group_size=shard_size)
     storage.atomic_write(layout.fs, layout.plan_images, buf.getvalue())
     # plan.json last: its presence means the plan is complete.
     storage.write_json(layout.fs, layout.plan_json, plan.to_json())
@@ -158,3 +159,21 @@ def select_shards(spec: str, plan: Plan, commits: dict[int, dict]) -> list[int]:
     if spec == "all":
         return list(range(plan.num_shards))
     return parse_shard_list(spec, plan.num_shards)
+
+
+def plan_chunks(plan: Plan, shards: list[int], chunk_rows: int) -> list[dict[str, int]]:
+    """Work items ``{shard, offset, count}``: a few per shard, so that one shard's images can
+    spread over several workers. The driver holds only these small items, never image rows."""
+    items = []
+    for shard in shards:
+        count = plan.shard_counts[shard]
+        items.extend({"shard": shard, "offset": o, "count": min(chunk_rows, count - o)}
+                     for o in range(0, count, chunk_rows))
+    return items
+
+
+def read_plan_chunk(layout: OutputLayout, shard: int, offset: int, count: int) -> list[dict[str, Any]]:
+    """The planned rows of one work item (row-group statistics skip the other shards)."""
+    with layout.fs.open(layout.plan_images, "rb") as f:
+        table = pq.read_table(f, filters=[("shard", "==", shard)], schema=PLAN_SCHEMA)
+    return table.slice(offset, count).to_pylist()

@@ -16,7 +16,7 @@ from unsafe2safe_ray.stages.base import Resources, Stage
 
 CAPTION_FIELDS = ("privacy_flag", "regions", "public_caption", "edit_instruction", "combined_caption",
                   "caption_source", "prompt_version")
-PRIVATE_FIELDS = ("private_caption", "privacy_review")
+PRIVATE_FIELDS = ("private_caption", "privacy_review", "regions")
 # The writer's error for flagged rows of an inspect-only run: those rows are waiting for the edit.
 INSPECT_ONLY_ERROR = "not edited: inspect-only run (--stages inspect); run --stages edit on this output next"
 

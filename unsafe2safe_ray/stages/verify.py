@@ -10,9 +10,8 @@ diffusion ``edit`` stage) and relies on row columns only. For each such row:
 3. A row that still leaks becomes a failed row (never a leaked sample).
 
 The results go to ``verification`` (JSON: numbers and boxes only, never text), and
-``original_image`` is cleared so the original pixels go no further than this stage. The
-recognized strings are dropped from ``regions`` too: ``regions`` is published in the captions
-table, and after verification nothing needs the text (the private caption keeps it).
+``original_image`` is cleared so the original pixels go no further than this stage. (The
+writer drops recognized strings from the published ``regions``; the private table keeps them.)
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ class VerifyStage(Stage):
             elif row.get("status") == records.EDITED:
                 # An edit we cannot compare with its original cannot be vouched for.
                 records.fail(row, "verify: edited row has no original_image to verify against")
-            row["regions"] = strip_region_text(row.get("regions"))
         return rows
 
     def _verify_row(self, row: dict[str, Any]) -> None:
@@ -82,7 +80,8 @@ class VerifyStage(Stage):
             "first_leaks": [_leak_summary(l) for l in first.leaks],
             "leaks": [_leak_summary(l) for l in report.leaks],
         }
-        row["verification"] = json.dumps(verification)
+        # Merge: the edit stage's own verification record (under "edit") stays.
+        row["verification"] = json.dumps({**records.json_dict(row.get("verification")), **verification})
 
         # 3. Still leaking: a failed row, never a leaked sample.
         if not report.ok:
@@ -109,8 +108,3 @@ def _leak_regions(report) -> list[dict]:
 def _leak_summary(leak) -> dict:
     return {"category": leak.category, "bbox": leak.bbox, "kind": leak.kind, "detail": leak.detail}
 
-
-def strip_region_text(regions_json: str | None) -> str:
-    """``regions`` without the recognized ``text`` of each region (boxes and kinds stay)."""
-    regions = records.json_list(regions_json)
-    return json.dumps([{k: v for k, v in region.items() if k != "text"} for region in regions])

@@ -80,7 +80,8 @@ class WriteStage(Stage):
                    "status": row["status"], "privacy_flag": bool(row.get("privacy_flag")),
                    "categories": categories}
         caption_row = {name: row.get(name) for name in records.CAPTIONS_SCHEMA.names}
-        caption_row.update(categories=categories, privacy_flag=bool(row.get("privacy_flag")), run_id=self.run_id)
+        caption_row.update(categories=categories, privacy_flag=bool(row.get("privacy_flag")), run_id=self.run_id,
+                           regions=records.public_regions(row.get("regions")))
         private_row = {name: row.get(name) for name in records.PRIVATE_SCHEMA.names}
         private_row["run_id"] = self.run_id
         return Sample(row["key"], ext, image_bytes, sidecar, caption_row, private_row)
