@@ -143,7 +143,9 @@ def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], ru
     # fractional-CPU tasks (not read_parquet, whose listing task takes a whole CPU) keeps the
     # read from starving beside actor pools that reserved the rest of a small node.
     plan = load_plan(layout)
-    chunk_rows = max(config.io.read_batch_size, -(-plan.shard_size // 16))
+    # One read batch per item; bigger items only past 100k items, to bound the driver's list.
+    selected_images = sum(plan.shard_counts[s] for s in shards)
+    chunk_rows = max(config.io.read_batch_size, -(-selected_images // 100_000))
     items = plan_chunks(plan, shards, chunk_rows)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
     ds = ds.flat_map(lambda item: read_plan_chunk(layout, item["shard"], item["offset"], item["count"]),

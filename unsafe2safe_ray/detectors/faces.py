@@ -74,8 +74,11 @@ def _dynamic_model_bytes(path: str) -> bytes:
 def onnx_session(model: str | bytes, threads: int):
     """An onnxruntime CPU session limited to ``threads`` intra-op threads and one inter-op
     thread, so that N actors x threads stays within the cores Ray granted them."""
+    import cv2
     import onnxruntime as ort
 
+    # OpenCV's own pool defaults to every core; in N actors that oversubscribes the node.
+    cv2.setNumThreads(max(1, int(threads)))
     ort.set_default_logger_severity(3)  # the shipped graphs trigger harmless warnings
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, int(threads))
