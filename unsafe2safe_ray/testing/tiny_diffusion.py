@@ -120,8 +120,10 @@ def _clip_text_config(tok, hidden_act: str, projection_dim: int = 32):
 def _t5_encoder():
     from transformers import T5Config, T5EncoderModel
 
+    # 256 covers the Unigram trainer's 200-token ceiling: any text (random VLM captions included)
+    # tokenizes to ids the embedding has.
     return T5EncoderModel(T5Config(
-        vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=32,
         feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0,
