@@ -13,14 +13,14 @@ import logging
 from typing import Any
 
 from unsafe2safe_ray import prompts, records
-from unsafe2safe_ray.engines.base import GenerationRequest
 from unsafe2safe_ray.prompts.parsers import ParseError, parse_inspection
-from unsafe2safe_ray.stages.base import Resources, Stage, apply_stage
+from unsafe2safe_ray.stages.base import Resources
+from unsafe2safe_ray.stages.generation import GenerationStage
 
 log = logging.getLogger(__name__)
 
 
-class CaptionStage(Stage):
+class CaptionStage(GenerationStage):
     """VLM privacy inspection and dual captions (registry name ``caption``)."""
 
     name = "caption"
@@ -96,48 +96,12 @@ class CaptionStage(Stage):
         row["raw_output"] = None
         return row
 
-    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Inspect a batch of live rows with the in-process engine."""
-        todo, requests = [], []
-        for i, row in enumerate(rows):
-            if row.get("image") is None:
-                rows[i] = self._no_pixels(row)
-                continue
-            messages, pixels, schema = self.request(row)
-            todo.append(i)
-            requests.append(GenerationRequest(
-                messages=messages, image=pixels, json_schema=schema,
-                max_new_tokens=self.section.max_new_tokens, temperature=self.section.temperature))
-        if requests:
-            for i, result in zip(todo, self.engine.generate(requests)):
-                rows[i] = self.answer(rows[i], result.text, result.finished)
-        return rows
+    def skip(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        return self._no_pixels(row) if row.get("image") is None else None
 
-    def apply(self, ds: Any) -> Any:
-        """vLLM: a ``ray.data.llm`` processor; other engines: the common actor-pool adapter."""
-        if self.section.engine != "vllm":
-            return apply_stage(ds, self)
-        from unsafe2safe_ray.engines.vllm_engine import apply_vllm
-
-        return apply_vllm(ds, self.section, self.vllm_call())
-
-    def vllm_call(self):
-        """The ``VLLMCall`` of this stage (its request and answer, and the decoding settings)."""
-        from unsafe2safe_ray.engines.vllm_engine import VLLMCall
-        from unsafe2safe_ray.testing.tiny import resolve_model_source
-
-        return VLLMCall(
-            stage_name=self.name,
-            model_source=resolve_model_source(self.section.model),
-            request=self._vllm_request,
-            answer=self.answer,
-            max_tokens=self.section.max_new_tokens,
-            temperature=self.section.temperature,
-            max_image_side=self.section.max_image_side,
-            multimodal=True,
-            flag_on_error=True,
-            on_skip=self._no_pixels,
-        )
+    def vllm_options(self) -> dict[str, Any]:
+        return {"max_image_side": self.section.max_image_side, "multimodal": True,
+                "flag_on_error": True, "on_skip": self._no_pixels}
 
     def _vllm_request(self, row: dict[str, Any]):
         return self.request(row) if row.get("image") is not None else None

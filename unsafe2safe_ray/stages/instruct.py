@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from unsafe2safe_ray import prompts, records
-from unsafe2safe_ray.engines.base import GenerationRequest
 from unsafe2safe_ray.prompts.parsers import ParseError, parse_instruction
-from unsafe2safe_ray.stages.base import Resources, Stage, apply_stage
+from unsafe2safe_ray.stages.base import Resources
+from unsafe2safe_ray.stages.generation import GenerationStage
 
 
-class InstructStage(Stage):
+class InstructStage(GenerationStage):
     """LLM edit instructions from public captions (registry name ``instruct``)."""
 
     name = "instruct"
@@ -74,48 +74,15 @@ class InstructStage(Stage):
             row["combined_caption"] = found.combined_caption
         return row
 
-    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Instructions for the flagged rows of a batch; other rows pass unchanged."""
-        todo, requests = [], []
-        for i, row in enumerate(rows):
-            if not self.wants(row):
-                continue
-            if not (row.get("public_caption") or "").strip():
-                rows[i] = self._no_caption(row)
-                continue
-            messages, _, schema = self.request(row)
-            todo.append(i)
-            requests.append(GenerationRequest(
-                messages=messages, json_schema=schema,
-                max_new_tokens=self.section.max_new_tokens, temperature=self.section.temperature))
-        if requests:
-            for i, result in zip(todo, self.engine.generate(requests)):
-                rows[i] = self.answer(rows[i], result.text, result.finished)
-        return rows
+    def skip(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.wants(row):
+            return row  # unflagged: passes unchanged
+        if not (row.get("public_caption") or "").strip():
+            return self._no_caption(row)
+        return None
 
-    def apply(self, ds: Any) -> Any:
-        """vLLM: a ``ray.data.llm`` processor; other engines: the common actor-pool adapter."""
-        if self.section.engine != "vllm":
-            return apply_stage(ds, self)
-        from unsafe2safe_ray.engines.vllm_engine import apply_vllm
-
-        return apply_vllm(ds, self.section, self.vllm_call())
-
-    def vllm_call(self):
-        """The ``VLLMCall`` of this stage (its request and answer, and the decoding settings)."""
-        from unsafe2safe_ray.engines.vllm_engine import VLLMCall
-        from unsafe2safe_ray.testing.tiny import resolve_model_source
-
-        return VLLMCall(
-            stage_name=self.name,
-            model_source=resolve_model_source(self.section.model),
-            request=self._vllm_request,
-            answer=self.answer,
-            max_tokens=self.section.max_new_tokens,
-            temperature=self.section.temperature,
-            multimodal=False,
-            on_skip=self._skipped,
-        )
+    def vllm_options(self) -> dict[str, Any]:
+        return {"multimodal": False, "on_skip": self._skipped}
 
     def _vllm_request(self, row: dict[str, Any]):
         if not self.wants(row) or not (row.get("public_caption") or "").strip():

@@ -1,0 +1,71 @@
+"""What the two Stage 1 stages share: a batch of rows -> engine requests -> parsed answers, and
+the choice between the in-process engine (actor pool) and a ``ray.data.llm`` vLLM processor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unsafe2safe_ray.engines.base import GenerationRequest
+from unsafe2safe_ray.stages.base import Stage, apply_stage
+
+
+class GenerationStage(Stage):
+    """Subclasses set ``self.section`` and ``self.engine`` and implement ``skip``, ``request``,
+    ``answer`` and ``vllm_options``."""
+
+    def skip(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The finished row when ``row`` needs no generation, else None."""
+        raise NotImplementedError
+
+    def request(self, row: dict[str, Any]):
+        """(messages, pixels or None, JSON schema) for one row."""
+        raise NotImplementedError
+
+    def answer(self, row: dict[str, Any], text: str, finished: bool) -> dict[str, Any]:
+        """Parse an answer into the row (a failed row when it cannot be parsed)."""
+        raise NotImplementedError
+
+    def vllm_options(self) -> dict[str, Any]:
+        """The ``VLLMCall`` fields that differ between stages."""
+        raise NotImplementedError
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Generate for the rows that need it, in one engine call."""
+        todo, requests = [], []
+        for i, row in enumerate(rows):
+            done = self.skip(row)
+            if done is not None:
+                rows[i] = done
+                continue
+            messages, pixels, schema = self.request(row)
+            todo.append(i)
+            requests.append(GenerationRequest(
+                messages=messages, image=pixels, json_schema=schema,
+                max_new_tokens=self.section.max_new_tokens, temperature=self.section.temperature))
+        if requests:
+            for i, result in zip(todo, self.engine.generate(requests)):
+                rows[i] = self.answer(rows[i], result.text, result.finished)
+        return rows
+
+    def apply(self, ds: Any) -> Any:
+        """vLLM: a ``ray.data.llm`` processor; other engines: the common actor-pool adapter."""
+        if self.section.engine != "vllm":
+            return apply_stage(ds, self)
+        from unsafe2safe_ray.engines.vllm_engine import apply_vllm
+
+        return apply_vllm(ds, self.section, self.vllm_call())
+
+    def vllm_call(self):
+        """The ``VLLMCall`` of this stage (its request and answer, and the decoding settings)."""
+        from unsafe2safe_ray.engines.vllm_engine import VLLMCall
+        from unsafe2safe_ray.testing.tiny import resolve_model_source
+
+        return VLLMCall(
+            stage_name=self.name,
+            model_source=resolve_model_source(self.section.model),
+            request=self._vllm_request,
+            answer=self.answer,
+            max_tokens=self.section.max_new_tokens,
+            temperature=self.section.temperature,
+            **self.vllm_options(),
+        )
