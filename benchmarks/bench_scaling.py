@@ -59,12 +59,12 @@ def bare_loop(input_dir: Path, threads: int) -> tuple[float, int]:
     return time.perf_counter() - start, len(files)
 
 
-def ray_job(input_dir: Path, out_dir: Path, run_id: str = "bench") -> tuple[float, int, dict]:
+def ray_job(input_dir: Path, out_dir: Path, run_id: str = "bench", overrides: tuple[str, ...] = ()) -> tuple[float, int, dict]:
     from unsafe2safe_ray.config import load_config
     from unsafe2safe_ray.job import init_ray, run_job
 
     init_ray()
-    cfg = load_config("cpu", overrides=["io.read_batch_size=4", "io.write_batch_size=8"])
+    cfg = load_config("cpu", overrides=["io.read_batch_size=4", "io.write_batch_size=8", *overrides])
     # Warm-up on a copy of one image, so actor start-up is not billed to throughput.
     warm = input_dir.parent / "warm"
     warm.mkdir(exist_ok=True)
@@ -80,6 +80,9 @@ def ray_job(input_dir: Path, out_dir: Path, run_id: str = "bench") -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=8)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override for the Ray job, e.g. detect.pool_size=1")
+    parser.add_argument("--skip-bare", action="store_true", help="only the Ray job (tuning runs)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     cores = os.cpu_count() or 1
@@ -88,10 +91,10 @@ def main() -> None:
         (tmp / "in").mkdir()
         n = make_inputs(tmp / "in", args.copies)
         rows = []
-        for threads in sorted({1, cores}):
+        for threads in ([] if args.skip_bare else sorted({1, cores})):
             secs, count = bare_loop(tmp / "in", threads)
             rows.append((f"bare loop, 1 process, {threads} ORT thread(s)", count, secs))
-        secs, count, report = ray_job(tmp / "in", tmp / "out")
+        secs, count, report = ray_job(tmp / "in", tmp / "out", overrides=tuple(args.overrides))
         rows.append((f"Ray job, cpu profile, {cores} cores", count, secs))
         # Marginal throughput: a second job over twice the images; the difference cancels the
         # fixed costs of a run (actor start, model loading, Dataset start-up, the tail).
@@ -99,10 +102,11 @@ def main() -> None:
         for p in (tmp / "in").iterdir():
             shutil.copy(p, tmp / "in2" / p.name)
             shutil.copy(p, tmp / "in2" / f"b_{p.name}")
-        secs2, count2, _ = ray_job(tmp / "in2", tmp / "out2", run_id="bench2")
+        secs2, count2, _ = ray_job(tmp / "in2", tmp / "out2", run_id="bench2", overrides=tuple(args.overrides))
         rows.append((f"Ray job, marginal ({count2} - {count} images)", count2 - count, secs2 - secs))
-    best_bare = max(r[1] / r[2] for r in rows[:2])
-    one_thread = rows[0][1] / rows[0][2]
+    bare = rows[:-2] or [("none", 1, 1.0)]
+    best_bare = max(r[1] / r[2] for r in bare)
+    one_thread = bare[0][1] / bare[0][2]
     print(f"\n{n} images ({args.copies} copies of examples/images), {cores} cores\n")
     print(f"{'variant':48s} {'images':>7s} {'seconds':>8s} {'img/s':>7s} {'vs best bare':>12s} {'vs 1-thread':>11s}")
     for name, count, secs in rows:
