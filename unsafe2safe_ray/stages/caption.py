@@ -14,7 +14,6 @@ from typing import Any
 
 from unsafe2safe_ray import prompts, records
 from unsafe2safe_ray.prompts.parsers import ParseError, parse_inspection
-from unsafe2safe_ray.stages.base import Resources
 from unsafe2safe_ray.stages.generation import GenerationStage
 
 log = logging.getLogger(__name__)
@@ -44,27 +43,8 @@ class CaptionStage(GenerationStage):
                      "answers will fail as truncated", self.section.max_new_tokens,
                      prompts.max_answer_chars(self.schema))
 
-    def resources(self) -> Resources:
-        """The section's resources; in-process engines always run in an actor pool."""
-        res = super().resources()
-        if res.pool_size is None:
-            return Resources(res.num_cpus, res.num_gpus, res.batch_size, 1)
-        return res
-
-    def setup(self) -> None:
-        """Load the VLM (once per actor)."""
-        from unsafe2safe_ray.engines import load_engine
-
-        kwargs: dict[str, Any] = {}
-        if self.section.engine == "transformers":
-            kwargs = dict(
-                dtype=self.section.dtype,
-                max_image_side=self.section.max_image_side,
-                threads=self.section.threads,
-                trust_remote_code=bool(self.section.engine_kwargs.get("trust_remote_code", False)),
-                seed=self.config.seed,
-            )
-        self.engine = load_engine(self.section.engine, self.section.model, **kwargs)
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {"max_image_side": self.section.max_image_side}
 
     # -- one row in, one request out; one answer in, one row out (shared by both engines) --
 

@@ -6,12 +6,38 @@ from __future__ import annotations
 from typing import Any
 
 from unsafe2safe_ray.engines.base import GenerationRequest
-from unsafe2safe_ray.stages.base import Stage, apply_stage
+from unsafe2safe_ray.stages.base import Resources, Stage, apply_stage
 
 
 class GenerationStage(Stage):
     """Subclasses set ``self.section`` and ``self.engine`` and implement ``skip``, ``request``,
     ``answer`` and ``vllm_options``."""
+
+    def resources(self) -> Resources:
+        """The section's resources; in-process engines always run in an actor pool."""
+        res = super().resources()
+        if res.pool_size is None:
+            return Resources(res.num_cpus, res.num_gpus, res.batch_size, 1)
+        return res
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Extra ``load_engine`` arguments of the transformers engine for this stage."""
+        return {}
+
+    def setup(self) -> None:
+        """Load the model (once per actor)."""
+        from unsafe2safe_ray.engines import load_engine
+
+        kwargs: dict[str, Any] = {}
+        if self.section.engine == "transformers":
+            kwargs = dict(
+                dtype=self.section.dtype,
+                threads=self.section.threads,
+                trust_remote_code=bool(self.section.engine_kwargs.get("trust_remote_code", False)),
+                seed=self.config.seed,
+                **self.engine_kwargs(),
+            )
+        self.engine = load_engine(self.section.engine, self.section.model, **kwargs)
 
     def skip(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """The finished row when ``row`` needs no generation, else None."""

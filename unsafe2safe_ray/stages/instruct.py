@@ -11,7 +11,6 @@ from typing import Any
 
 from unsafe2safe_ray import prompts, records
 from unsafe2safe_ray.prompts.parsers import ParseError, parse_instruction
-from unsafe2safe_ray.stages.base import Resources
 from unsafe2safe_ray.stages.generation import GenerationStage
 
 
@@ -30,27 +29,6 @@ class InstructStage(GenerationStage):
         self.schema = prompts.instruction_schema(self.section.combined_caption, self.limits)
         self.edit_all = bool(getattr(getattr(config, "edit", None), "edit_all", False))
         self.engine = None
-
-    def resources(self) -> Resources:
-        """The section's resources; in-process engines always run in an actor pool."""
-        res = super().resources()
-        if res.pool_size is None:
-            return Resources(res.num_cpus, res.num_gpus, res.batch_size, 1)
-        return res
-
-    def setup(self) -> None:
-        """Load the LLM (once per actor)."""
-        from unsafe2safe_ray.engines import load_engine
-
-        kwargs: dict[str, Any] = {}
-        if self.section.engine == "transformers":
-            kwargs = dict(
-                dtype=self.section.dtype,
-                threads=self.section.threads,
-                trust_remote_code=bool(self.section.engine_kwargs.get("trust_remote_code", False)),
-                seed=self.config.seed,
-            )
-        self.engine = load_engine(self.section.engine, self.section.model, **kwargs)
 
     def wants(self, row: dict[str, Any]) -> bool:
         """Whether ``row`` needs an instruction: live and flagged (or every row, with edit_all)."""
