@@ -230,6 +230,50 @@ class EditConfig(StageSection):
         return self
 
 
+TEXT_LEAK_KINDS = ("ocr_text", "name", "phone", "email", "card", "iban", "plate")
+
+
+class TextLeaksConfig(Section):
+    """``publish.text_leaks``: the published texts (public caption, edit instruction, combined
+    caption) are checked against the row's private evidence before the row is written (see
+    ``detectors.text_leaks``). ``redact`` replaces each leak with ``placeholder``; ``fail`` also
+    fails the row (pixels withheld); ``off`` publishes the texts as the models wrote them."""
+
+    mode: Literal["redact", "fail", "off"] = "redact"
+    kinds: list[Literal["ocr_text", "name", "phone", "email", "card", "iban", "plate"]] = Field(
+        default_factory=lambda: list(TEXT_LEAK_KINDS))
+    placeholder: str = "[redacted]"
+    # rapidfuzz ratio (0-100) from which an OCR string or a name counts as repeated.
+    fuzzy_threshold: float = Field(85.0, ge=50.0, le=100.0)
+    # Letters/digits an OCR string (or one of its words) needs to be looked for; names need fewer.
+    min_chars: int = Field(4, ge=2)
+    min_name_chars: int = Field(3, ge=2)
+    # Phone numbers in the national formats of these regions (any region in +international form).
+    phone_regions: list[str] = Field(default_factory=lambda: ["US", "GB", "DE", "FR", "ES", "IT", "NL", "IN", "AU", "BR"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off(cls, data: Any) -> Any:
+        # YAML reads a bare ``off`` as false.
+        if isinstance(data, dict) and data.get("mode") is False:
+            data = {**data, "mode": "off"}
+        return data
+
+
+class PublishConfig(Section):
+    """What is checked before anything is published."""
+
+    text_leaks: TextLeaksConfig = Field(default_factory=TextLeaksConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_shorthand(cls, data: Any) -> Any:
+        # ``publish.text_leaks: fail`` is short for ``publish.text_leaks.mode: fail``.
+        if isinstance(data, dict) and isinstance(data.get("text_leaks"), (str, bool)):
+            data = {**data, "text_leaks": {"mode": data["text_leaks"]}}
+        return data
+
+
 class JobConfig(Section):
     """The whole job. ``stages`` is the ordered stage list between decode and write."""
 
@@ -244,6 +288,7 @@ class JobConfig(Section):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     instruct: InstructConfig = Field(default_factory=InstructConfig)
     edit: EditConfig = Field(default_factory=EditConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
 
     @model_validator(mode="after")
     def _known_stages(self) -> "JobConfig":

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from unsafe2safe_ray import records
+from unsafe2safe_ray.detectors import text_leaks
 from unsafe2safe_ray.imaging import encode_image
 from unsafe2safe_ray.stages.base import Resources, Stage, map_batches_kwargs
 from unsafe2safe_ray.stages.load_captions import INSPECT_ONLY_ERROR
@@ -66,7 +67,8 @@ class WriteStage(Stage):
         return fmt
 
     def to_sample(self, row: dict[str, Any]) -> Sample:
-        row = finalize(row, self.withheld_error)
+        # Published texts must not repeat the row's private details (redacted, or fail closed).
+        row = finalize(text_leaks.check_row(row, self.config.publish.text_leaks), self.withheld_error)
         image_bytes = ext = None
         if row["status"] != records.FAILED:
             try:
