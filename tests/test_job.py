@@ -209,6 +209,6 @@ def test_actor_pools_that_starve_the_read_tasks_are_refused(tmp_path):
     from unsafe2safe_ray.config import ConfigError
 
     write_good_images(tmp_path / "in", 2)
-    cfg = _config("stages=[detect, verify]", "detect.pool_size=2", "detect.num_cpus=1")
+    cfg = _config("stages=[detect, edit]", "detect.pool_size=2", "detect.num_cpus=1")
     with pytest.raises(ConfigError, match="actor pools reserve"):
         run_job(str(tmp_path / "in"), str(tmp_path / "out"), cfg)

@@ -19,6 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from unsafe2safe_ray.detectors.identity import SAME_IDENTITY_DISTANCE
+
+# Stages that were folded into ``edit`` (one edit capability, one verifier).
+FOLDED_STAGES = ("classic_edit", "verify")
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message says what to change."""
@@ -48,11 +53,27 @@ class IOConfig(Section):
     max_pixels: int = Field(100_000_000, ge=1)
     # Larger images are downscaled so their longer side is at most this.
     max_side: int = Field(4096, ge=16)
-    min_side: int = Field(8, ge=1)
-    max_aspect_ratio: float = Field(40.0, ge=1.0)
+    # Opt-in limits: by default every file a decoder can open becomes a row (a 1x1 pixel, a
+    # 3000x8 strip); smaller sides or longer strips than these fail when set.
+    min_side: int = Field(1, ge=1)
+    max_aspect_ratio: float | None = Field(None, ge=1.0)
+    # Bounded reads: a file larger than this is refused from its size, before it is read; a read
+    # (one attempt) that takes longer than read_timeout_s fails the row.
+    max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    read_timeout_s: float = Field(60.0, gt=0.0)
+    # Prefixes (URIs or local folders) a manifest may name besides its own folder
+    # (--allow-input-prefix); anything else is refused at planning time.
+    allow_input_prefixes: list[str] = Field(default_factory=list)
     read_retries: int = Field(3, ge=0)
     read_batch_size: int = Field(16, ge=1)
     write_batch_size: int = Field(64, ge=1)
+    # One writer per output: a run's lease on OUTPUT/_lease.json expires this many seconds after
+    # its last heartbeat (sent every lease_expiry_s / 4); an expired lease can be taken over.
+    lease_expiry_s: float = Field(120.0, gt=0.0, le=86400.0)
+
+
+_IO_NOT_DIGESTED = ("storage_options", "shard_size", "read_retries", "read_batch_size",
+                    "write_batch_size", "lease_expiry_s", "allow_input_prefixes", "read_timeout_s")
 
 
 class RayConfig(Section):
@@ -83,10 +104,10 @@ class DetectConfig(StageSection):
     text_min_chars: int = Field(2, ge=1)
 
 
-class ClassicEditConfig(StageSection):
-    """``classic_edit``: blur / pixelate / fill / inpaint inside detected regions."""
+class ClassicConfig(Section):
+    """``classic``: how the classic editor (``edit.editor=classic``) obscures regions: blur /
+    pixelate / fill / inpaint inside each dilated region (an ellipse for faces)."""
 
-    pool_size: int | None = None
     # Method per paper category; categories not listed use default_method.
     methods: dict[str, Literal["blur", "pixelate", "fill", "inpaint"]] = Field(
         default_factory=lambda: {"people": "blur", "text_and_symbols": "blur"})
@@ -104,23 +125,36 @@ class ClassicEditConfig(StageSection):
     inpaint_radius: int = Field(5, ge=1)
 
 
-class VerifyConfig(StageSection):
-    """``verify``: re-detect on the output; leaks escalate, then fail the row."""
+VERIFY_CHECKS = ("faces", "text")
 
-    pool_size: int | None = 2
-    threads: int = Field(0, ge=0)  # as in detect: 0 = the actor's num_cpus
+
+class VerifyConfig(Section):
+    """``verify``: the privacy verifier that the edit stage runs on every edited image (see
+    ``detectors.verifier``); leaks escalate, then fail the row.
+
+    ``required_checks`` are the checks without which no row may be published as verified: a
+    config that turns one of them off (or ``edit.verify``) is refused until it is also removed
+    from this list, so switching verification off is always explicit and visible.
+    """
+
+    threads: int = Field(0, ge=0)  # 0 = the edit actor's num_cpus
     check_faces: bool = True
     check_text: bool = True
+    required_checks: list[Literal["faces", "text"]] = Field(default_factory=lambda: list(VERIFY_CHECKS))
     # Lower than detect's threshold: the verifier wants recall on half-obscured faces.
     face_score_threshold: float = Field(0.4, gt=0.0, lt=1.0)
     # dlib descriptor distance below which an output face is the original person.
-    face_distance_threshold: float = Field(0.6, gt=0.0)
+    face_distance_threshold: float = Field(SAME_IDENTITY_DISTANCE, gt=0.0)
     # Normalized edit similarity (0..1) of re-read text at or above which text still leaks.
     text_similarity_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    # OCR confidence from which a reading counts (low: a shaky reading still counts as readable).
+    text_score_threshold: float = Field(0.3, ge=0.0, le=1.0)
     escalation_method: Literal["blur", "pixelate", "fill", "inpaint"] = "fill"
     escalation_dilation: float = Field(0.15, ge=0.0, le=2.0)
-    # Escalation rounds before a still-leaking row fails.
-    max_escalations: int = Field(1, ge=0)
+
+    def enabled_checks(self) -> list[str]:
+        """The checks that run, in ``VERIFY_CHECKS`` order."""
+        return [c for c, on in zip(VERIFY_CHECKS, (self.check_faces, self.check_text)) if on]
 
 
 class CaptionConfig(StageSection):
@@ -283,7 +317,7 @@ class JobConfig(Section):
     io: IOConfig = Field(default_factory=IOConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
-    classic_edit: ClassicEditConfig = Field(default_factory=ClassicEditConfig)
+    classic: ClassicConfig = Field(default_factory=ClassicConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     instruct: InstructConfig = Field(default_factory=InstructConfig)
@@ -294,14 +328,36 @@ class JobConfig(Section):
     def _known_stages(self) -> "JobConfig":
         from unsafe2safe_ray.stages import STAGES
 
+        folded = [s for s in self.stages if s in FOLDED_STAGES]
+        if folded:
+            raise ValueError(f"stage(s) {folded} are part of the edit stage now: use stages like "
+                             "[detect, edit] with edit.editor=classic (settings under classic:), and "
+                             "verify: settings for the verifier that edit runs")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
         return self
 
+    @model_validator(mode="after")
+    def _verification_is_explicit(self) -> "JobConfig":
+        if "edit" not in self.stages:
+            return self
+        required = list(dict.fromkeys(self.verify.required_checks))
+        if not self.edit.verify and required:
+            raise ValueError(f"edit.verify is off but verify.required_checks lists {required}: also set "
+                             "verify.required_checks=[] to publish edited rows that nobody verified")
+        off = [c for c in required if c not in self.verify.enabled_checks()]
+        if off:
+            raise ValueError(f"verify.check_{off[0]} is off but verify.required_checks lists {off[0]!r}: remove it "
+                             f"(e.g. --set 'verify.required_checks={[c for c in required if c not in off]}') to "
+                             "publish rows whose check did not run")
+        return self
+
     def digest(self) -> str:
         """A short digest of everything that changes output pixels or rows."""
-        payload = self.model_dump(mode="json", exclude={"ray": True})
+        # Not in it: where and how the job runs (ray, credentials, batching, the lease) and the
+        # shard size (fixed by the saved plan).
+        payload = self.model_dump(mode="json", exclude={"ray": True, "io": set(_IO_NOT_DIGESTED)})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

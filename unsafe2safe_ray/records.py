@@ -1,6 +1,7 @@
 """The output contract: row columns, status values and Parquet schemas.
 
-Every stage reads and writes rows that follow ``PIPELINE_SCHEMA``. Lists and nested values
+Every stage reads and writes rows that follow ``PIPELINE_SCHEMA``. A stage works on its own
+copy of each row (``stages.base.run_rows``), so a retried batch never sees a half-edited row. Lists and nested values
 (categories, regions, verification) travel as JSON strings so that every Ray block has the same
 flat Arrow schema; the writer turns ``categories`` into a real ``list<string>`` column.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -49,13 +51,13 @@ PIPELINE_SCHEMA = pa.schema(
         ("seed", pa.int64()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("error_stage", pa.string()),  # the stage that failed the row ("" unless failed)
         ("lossless", pa.bool_()),
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("image", pa.binary()),
-        # Original pixels, kept only between an edit stage and the verify stage.
-        ("original_image", pa.binary()),
         ("privacy_flag", pa.bool_()),
+        ("flagged_by", pa.string()),  # vlm, detector, vlm+detector: who flagged the row
         ("categories", pa.string()),  # JSON list[str]
         ("regions", pa.string()),  # JSON list[{category, bbox:[x0,y0,x1,y1], score, text?, source}]
         ("caption_source", pa.string()),
@@ -82,7 +84,9 @@ CAPTIONS_SCHEMA = pa.schema(
         ("label", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("error_stage", pa.string()),  # which stage failed the row (decode, detect, edit, write, ...)
         ("privacy_flag", pa.bool_()),
+        ("flagged_by", pa.string()),  # vlm, detector, vlm+detector ("" when not flagged)
         ("categories", pa.list_(pa.string())),
         ("regions", pa.string()),
         ("public_caption", pa.string()),
@@ -127,7 +131,9 @@ def new_row(key: str, shard: int, source_uri: str, label: str | None, seed: int)
         seed=seed,
         status=PENDING,
         error="",
+        error_stage="",
         privacy_flag=False,
+        flagged_by="",
         categories="[]",
         regions="[]",
     )
@@ -140,12 +146,22 @@ def derive_seed(base_seed: int, key: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def fail(row: dict[str, Any], error: str) -> dict[str, Any]:
-    """Mark a row failed and drop its pixels: a failed row never carries an image onwards."""
+_STAGE_PREFIX = re.compile(r"^([a-z][a-z0-9_]*): ")
+
+
+def fail(row: dict[str, Any], error: str, stage: str | None = None) -> dict[str, Any]:
+    """Mark a row failed and drop its pixels: a failed row never carries an image onwards.
+
+    ``stage`` goes to ``error_stage``; by default it is the ``"<stage>: "`` prefix that every
+    error message starts with (``"unknown"`` when there is none).
+    """
+    if stage is None:
+        match = _STAGE_PREFIX.match(error)
+        stage = match.group(1) if match else "unknown"
     row["status"] = FAILED
     row["error"] = error[:2000]
+    row["error_stage"] = stage
     row["image"] = None
-    row["original_image"] = None
     return row
 
 

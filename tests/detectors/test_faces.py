@@ -8,17 +8,14 @@ import pytest
 
 from conftest import load_example
 from unsafe2safe_ray.detectors.faces import FaceDetector, nms, threads_for
+from unsafe2safe_ray.detectors.geometry import box_iou
 
 # Hand-measured face boxes of the samples (x0, y0, x1, y1), loose: hair and chin included.
 ASTRONAUT_FACE = [175, 50, 280, 185]
 CAMERA_FACE = [195, 110, 265, 205]
 
 
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+_iou = box_iou
 
 
 @pytest.mark.parametrize("name, expected", [("astronaut.jpg", ASTRONAUT_FACE), ("camera.jpg", CAMERA_FACE)])

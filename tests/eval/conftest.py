@@ -22,13 +22,16 @@ def page_rgb() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def face_comparer():
-    from unsafe2safe_ray.eval.privacy import CenterFaceDetector, FaceComparer, load_face_embedder
+    from unsafe2safe_ray.detectors.identity import load_identity_embedder
+    from unsafe2safe_ray.eval.options import EvalOptions
+    from unsafe2safe_ray.eval.privacy import FaceComparer
 
-    return FaceComparer(CenterFaceDetector(), load_face_embedder("dlib"))
+    # The evaluation reads faces with the verifier's own detector (same threshold).
+    return FaceComparer(EvalOptions().verifier().faces, load_identity_embedder("dlib"))
 
 
 @pytest.fixture(scope="session")
 def text_reader():
-    from unsafe2safe_ray.eval.privacy import TextReader
+    from unsafe2safe_ray.eval.options import EvalOptions
 
-    return TextReader()
+    return EvalOptions().verifier().ocr

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from eval_cases import ASTRONAUT_FACE, blur, fill_box
+from unsafe2safe_ray.detectors import identity
 from unsafe2safe_ray.eval import privacy
 from unsafe2safe_ray.eval.options import EvalOptions
 from unsafe2safe_ray.eval.runner import summarize
@@ -52,17 +53,19 @@ def test_paper_facesim_loophole_with_two_faces(face_comparer, astronaut):
 
 
 def test_box_iou():
+    from unsafe2safe_ray.detectors.geometry import box_iou
+
     a = np.array([0, 0, 10, 10.0])
-    assert privacy.box_iou(a, a) == 1.0
-    assert privacy.box_iou(a, np.array([5, 0, 15, 10.0])) == pytest.approx(50 / 150)
-    assert privacy.box_iou(a, np.array([20, 20, 30, 30.0])) == 0.0
+    assert box_iou(a, a) == 1.0
+    assert box_iou(a, np.array([5, 0, 15, 10.0])) == pytest.approx(50 / 150)
+    assert box_iou(a, np.array([20, 20, 30, 30.0])) == 0.0
 
 
 def test_arcface_absent_falls_back_to_dlib(tmp_path):
-    assert privacy.ArcFaceEmbedder.find_model(str(tmp_path), "antelopev2") is None
-    assert privacy.load_face_embedder("auto", str(tmp_path)).name == "dlib"
+    assert identity.ArcFaceEmbedder.find_model(str(tmp_path), "antelopev2") is None
+    assert identity.load_identity_embedder("auto", str(tmp_path)).name == "dlib"
     with pytest.raises(FileNotFoundError):
-        privacy.load_face_embedder("arcface", str(tmp_path))
+        identity.load_identity_embedder("arcface", str(tmp_path))
 
 
 def test_arcface_pack_on_disk_is_used(tmp_path, astronaut, face_comparer):
@@ -83,7 +86,7 @@ def test_arcface_pack_on_disk_is_used(tmp_path, astronaut, face_comparer):
     pack = tmp_path / "models" / "antelopev2"
     pack.mkdir(parents=True)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(pack / "glintr100.onnx"))
-    embedder = privacy.load_face_embedder("auto", str(tmp_path))
+    embedder = identity.load_identity_embedder("auto", str(tmp_path))
     assert embedder.name == "arcface"
     comparer = privacy.FaceComparer(face_comparer.detector, embedder)
     same = comparer.compare(astronaut, astronaut)
@@ -114,12 +117,12 @@ def test_no_original_text_is_excluded():
 
 
 def test_ocr_page_identical_removed_and_subset(text_reader, page_rgb):
-    text = text_reader.read(page_rgb)
+    text = text_reader.read_text(page_rgb)
     assert len(text) > 100
-    same = privacy.compare_texts(text, text_reader.read(page_rgb))
+    same = privacy.compare_texts(text, text_reader.read_text(page_rgb))
     assert same == {"text_sim_token_set": 1.0, "text_sim_levenshtein": 1.0, "text_cer": 0.0}
 
-    removed = privacy.compare_texts(text, text_reader.read(np.full_like(page_rgb, 255)))
+    removed = privacy.compare_texts(text, text_reader.read_text(np.full_like(page_rgb, 255)))
     assert removed["text_cer"] == pytest.approx(1.0)
 
     # Keep the top lines only, cutting in the white gap between two lines of text.
@@ -128,6 +131,6 @@ def test_ocr_page_identical_removed_and_subset(text_reader, page_rgb):
     cut = gaps[len(gaps) // 2]
     top = page_rgb.copy()
     top[cut:] = 255
-    subset = privacy.compare_texts(text, text_reader.read(top))
+    subset = privacy.compare_texts(text, text_reader.read_text(top))
     assert subset["text_sim_token_set"] >= 0.95
     assert subset["text_cer"] > 0.25

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.config import load_config
+from unsafe2safe_ray.detectors.verifier import Leak, VerifyReport
 
 
 def make_image(key: str, height: int, width: int) -> np.ndarray:
@@ -42,7 +41,8 @@ def copy_rows(rows: list[dict]) -> list[dict]:
 
 def edit_config(*overrides: str, profile: str = "none"):
     """A JobConfig whose edit section runs the fake editor without verification by default."""
-    return load_config(profile, overrides=["edit.editor=fake", "edit.verify=false", *overrides])
+    return load_config(profile, overrides=["edit.editor=fake", "edit.verify=false", "verify.required_checks=[]",
+                                           *overrides])
 
 
 def edit_stage(*overrides: str, profile: str = "none"):
@@ -51,24 +51,6 @@ def edit_stage(*overrides: str, profile: str = "none"):
     stage = EditStage(edit_config(*overrides, profile=profile))
     stage.setup()
     return stage
-
-
-@dataclass
-class FakeLeak:
-    category: str
-    bbox: list[int] | None
-    kind: str
-    detail: dict = field(default_factory=dict)
-
-
-@dataclass
-class FakeReport:
-    leaks: list
-    checks: dict
-
-    @property
-    def ok(self) -> bool:
-        return not self.leaks
 
 
 class ScriptedVerifier:
@@ -89,8 +71,9 @@ class ScriptedVerifier:
             leaking = len(np.unique(edited[y0:y1, x0:x1].reshape(-1, 3), axis=0)) > 1
         else:
             leaking = self.seen[key] <= self.leaky_checks
-        leaks = [FakeLeak("people", self.bbox, "face_identity", {"distance": 0.3})] if leaking else []
-        return FakeReport(leaks=leaks, checks={"faces_checked": 1, "min_face_distance": 0.3 if leaking else 0.9})
+        leaks = [Leak("people", self.bbox, "face_identity", {"distance": 0.3})] if leaking else []
+        return VerifyReport(leaks=leaks, checks={"faces_checked": 1, "min_face_distance": 0.3 if leaking else 0.9},
+                            checks_run=["faces", "text"], required=["faces", "text"])
 
 
 @pytest.fixture()

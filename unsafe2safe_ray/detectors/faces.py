@@ -19,6 +19,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from unsafe2safe_ray.detectors.geometry import box_intersection_many, box_iou_many
+
 # CenterFace's output grid is a quarter of the input, and its input must be a multiple of 32.
 _STRIDE = 4
 _ALIGN = 32
@@ -102,23 +104,17 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
     """Indices kept by greedy non-maximum suppression (highest score first)."""
     if len(boxes) == 0:
         return []
-    x0, y0, x1, y1 = boxes.T
-    areas = np.maximum(0.0, x1 - x0) * np.maximum(0.0, y1 - y0)
+    areas = np.maximum(0.0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0.0, boxes[:, 3] - boxes[:, 1])
     order = np.argsort(-scores)
     keep: list[int] = []
     while order.size:
         best = int(order[0])
         keep.append(best)
         rest = order[1:]
-        ix0 = np.maximum(x0[best], x0[rest])
-        iy0 = np.maximum(y0[best], y0[rest])
-        ix1 = np.minimum(x1[best], x1[rest])
-        iy1 = np.minimum(y1[best], y1[rest])
-        inter = np.maximum(0.0, ix1 - ix0) * np.maximum(0.0, iy1 - iy0)
-        union = areas[best] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+        iou = box_iou_many(boxes[best], boxes[rest])
         # Also drop boxes mostly inside a kept one: tiles cut faces, and the cut halves overlap
         # the full detection with a low IoU but a high containment.
+        inter = box_intersection_many(boxes[best], boxes[rest])
         containment = np.where(areas[rest] > 0, inter / np.maximum(areas[rest], 1e-9), 0.0)
         order = rest[(iou <= iou_threshold) & (containment <= 0.8)]
     return keep

@@ -27,9 +27,29 @@ class TextLine:
     score: float
 
 
-def normalize_text(text: str) -> str:
-    """Lower-case alphanumerics only: the form in which two readings are compared."""
-    return re.sub(r"[\W_]+", "", text.lower())
+def normalize_text(text: str | None, keep_spaces: bool = False) -> str:
+    """The one form in which readings are compared: lower-case alphanumeric words.
+
+    Punctuation, underscores and layout are dropped. By default the words are joined without
+    spaces ("KX 482-TB" -> "kx482tb"), the form of the verifier's similarity; ``keep_spaces``
+    separates them by one space ("kx 482 tb"), for token-based metrics.
+    """
+    words = re.findall(r"[^\W_]+", (text or "").lower())
+    return " ".join(words) if keep_spaces else "".join(words)
+
+
+def text_similarity(a: str | None, b: str | None) -> float:
+    """Normalized similarity (0..1) of two readings, compared as ``normalize_text`` forms.
+
+    Uses the plain Indel ratio, not a token-set ratio: a token-set ratio is 1.0 whenever one
+    word set contains the other, so a single surviving word would read as the whole text.
+    """
+    from rapidfuzz import fuzz
+
+    a, b = normalize_text(a), normalize_text(b)
+    if not a or not b:
+        return 0.0
+    return fuzz.ratio(a, b) / 100.0
 
 
 def _silence_rapidocr() -> None:
@@ -91,6 +111,10 @@ class TextDetector:
             if bbox[2] > bbox[0] and bbox[3] > bbox[1]:
                 lines.append(TextLine(bbox=bbox, text=text.strip(), score=float(score)))
         return lines
+
+    def read_text(self, image: np.ndarray) -> str:
+        """All recognized lines of ``image`` joined by newlines ('' when there is no text)."""
+        return "\n".join(line.text for line in self.read(image))
 
     def recognize(self, crop: np.ndarray) -> tuple[str, float]:
         """Read ``crop`` as one text line (recognizer only, no detection); returns the string

@@ -1,16 +1,21 @@
 """The privacy verifier: does an edited image still show the original's faces or text?
 
+The one check that decides whether an edit may be published, used by the edit stage for every
+editor and by nothing else (the evaluation uses the same detectors, built here, so the verifier
+and ``evaluate`` never disagree for reasons that have nothing to do with privacy).
+
 Faces: every original face (CenterFace detections plus the given ``people`` regions) is embedded
-with dlib; the edited image's faces are detected and embedded too, and so is the same box of the
-edited image. An original face whose best distance to any of those is below the threshold (0.6)
-still shows the same person: a leak.
+(``detectors.identity``); the edited image's faces are detected and embedded too, and so is the
+same box of the edited image. An original face whose best distance to any of those is below the
+threshold (0.6) still shows the same person: a leak.
 
 Text: every original text region is read (its ``text`` if the detector kept one, otherwise OCR of
 the original box) and the same box of the edited image is read again. A normalized similarity at
 or above the threshold means the text is still readable: a leak.
 
-Reports carry numbers only (distances, similarities, boxes), never the text itself, because
-they are written to the publishable captions table.
+A report says which checks ran; ``ok`` is true only when every required check ran and nothing
+leaked. Reports serialize to numbers and boxes only (``leak_record``), never the text itself,
+because they are written to the publishable captions table.
 """
 
 from __future__ import annotations
@@ -19,65 +24,78 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from unsafe2safe_ray.detectors.text import normalize_text
+from unsafe2safe_ray.detectors.geometry import box_iou
+from unsafe2safe_ray.detectors.text import normalize_text, text_similarity
 
 FACE_CATEGORY = "people"
 TEXT_CATEGORY = "text_and_symbols"
 
+__all__ = ["Leak", "VerifyReport", "PrivacyVerifier", "leak_record", "leak_targets", "text_similarity"]
+
 
 @dataclass
 class Leak:
-    """One leaking region of the original: ``kind`` is ``face_identity`` or ``readable_text``;
-    ``detail`` holds the measured distance/similarity and, for faces, the matching box in the
-    edited image."""
+    """One leaking region of the original: ``kind`` is ``face_identity``, ``readable_text`` or
+    ``unchanged_pixels`` (the edit left a region as it was); ``bbox`` is in pixels of the
+    decoded image; ``detail`` holds the measured distance / similarity and, for faces, the
+    matching box in the edited image (``matched_bbox``)."""
 
     category: str
-    bbox: list[int]
+    bbox: list[int] | None
     kind: str
     detail: dict = field(default_factory=dict)
 
 
 @dataclass
 class VerifyReport:
-    """The verifier's findings: ``leaks`` and summary ``checks`` (counts and extremes)."""
+    """The verifier's findings: ``leaks``, summary ``checks`` (counts and extremes), which
+    checks ran and which were required."""
 
     leaks: list[Leak]
     checks: dict
+    checks_run: list[str] = field(default_factory=list)
+    required: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[str]:
+        """Required checks that did not run."""
+        return [c for c in self.required if c not in self.checks_run]
 
     @property
     def ok(self) -> bool:
-        """No leak found."""
-        return not self.leaks
+        """Every required check ran and nothing leaked."""
+        return not self.leaks and not self.missing
 
     def to_dict(self) -> dict:
-        """JSON-ready form (no text content, only numbers and boxes)."""
-        return {
-            "ok": self.ok,
-            "checks": self.checks,
-            "leaks": [{"category": l.category, "bbox": l.bbox, "kind": l.kind, "detail": l.detail} for l in self.leaks],
-        }
+        """JSON-ready form (numbers and boxes only, never text)."""
+        return {"ok": self.ok, "checks_run": list(self.checks_run), "checks_missing": self.missing,
+                "checks": {k: v for k, v in self.checks.items() if isinstance(v, (bool, int, float)) or v is None},
+                "leaks": [leak_record(leak) for leak in self.leaks]}
 
 
-def text_similarity(a: str, b: str) -> float:
-    """Normalized similarity (0..1) of two readings, compared as lower-case alphanumerics.
-
-    Uses the plain Indel ratio, not a token-set ratio: a token-set ratio is 1.0 whenever one
-    word set contains the other, so a single surviving word would read as the whole text.
-    """
-    from rapidfuzz import fuzz
-
-    a, b = normalize_text(a), normalize_text(b)
-    if not a or not b:
-        return 0.0
-    return fuzz.ratio(a, b) / 100.0
+def leak_record(leak: Leak) -> dict:
+    """The one serialized form of a leak: category, kind, box and measured numbers. It never
+    quotes recognized text (the record goes to the publishable ``verification`` column)."""
+    numbers = {k: round(float(v), 4) for k, v in (leak.detail or {}).items()
+               if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+    return {"category": leak.category, "kind": leak.kind,
+            "bbox": [round(float(v), 1) for v in leak.bbox] if leak.bbox else None, **numbers}
 
 
-def _iou(a: list[int], b: list[int]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def leak_targets(report: VerifyReport, regions: list[dict]) -> list[dict]:
+    """The regions to obscure again for ``report``: each leak's box, plus the output box a face
+    matched (a face may match the original at another place of the edited image). A leak without
+    a location falls back to every known region."""
+    targets, unlocated = [], False
+    for leak in report.leaks:
+        if not leak.bbox:
+            unlocated = True
+            continue
+        targets.append({"category": leak.category, "bbox": list(leak.bbox)})
+        matched = (leak.detail or {}).get("matched_bbox")
+        if matched and list(matched) != list(leak.bbox):
+            targets.append({"category": leak.category, "bbox": list(matched)})
+    return targets + list(regions) if unlocated else targets
 
 
 class PrivacyVerifier:
@@ -86,12 +104,13 @@ class PrivacyVerifier:
     Models (CenterFace, dlib, rapidocr) load on first use and are reused for every later check.
     """
 
-    def __init__(self, config=None) -> None:
+    def __init__(self, config=None, threads: int = 1) -> None:
         if config is None:
             from unsafe2safe_ray.config import VerifyConfig
 
             config = VerifyConfig()
         self.config = config
+        self.threads = max(1, int(config.threads or threads))
         self._faces = None
         self._embedder = None
         self._ocr = None
@@ -99,8 +118,7 @@ class PrivacyVerifier:
     # Models, loaded once -------------------------------------------------------------------
 
     def _threads(self) -> int:
-        threads = getattr(self.config, "threads", 0)
-        return threads if threads > 0 else max(1, int(getattr(self.config, "num_cpus", 1.0)))
+        return self.threads
 
     @property
     def faces(self):
@@ -117,7 +135,7 @@ class PrivacyVerifier:
         if self._embedder is None:
             from unsafe2safe_ray.detectors.identity import IdentityEmbedder
 
-            self._embedder = IdentityEmbedder()
+            self._embedder = IdentityEmbedder(same_identity_distance=self.config.face_distance_threshold)
         return self._embedder
 
     @property
@@ -127,7 +145,7 @@ class PrivacyVerifier:
         if self._ocr is None:
             from unsafe2safe_ray.detectors.text import TextDetector
 
-            self._ocr = TextDetector(threads=self._threads(), score_threshold=0.3)
+            self._ocr = TextDetector(threads=self._threads(), score_threshold=self.config.text_score_threshold)
         return self._ocr
 
     def warm_up(self) -> None:
@@ -149,16 +167,18 @@ class PrivacyVerifier:
             leaks += self._check_faces(original, edited, regions, checks)
         if self.config.check_text:
             leaks += self._check_text(original, edited, regions, checks)
-        return VerifyReport(leaks=leaks, checks=checks)
+        return VerifyReport(leaks=leaks, checks=checks, checks_run=self.config.enabled_checks(),
+                            required=list(self.config.required_checks))
 
     def _check_faces(self, original, edited, regions, checks) -> list[Leak]:
-        threshold = self.config.face_distance_threshold
+        from unsafe2safe_ray.detectors.identity import distance
+
         # 1. Original faces: detections, plus people regions no detection already covers.
         boxes = [face.bbox for face in self.faces.detect(original)]
         for region in regions:
             if region.get("category") == FACE_CATEGORY and region.get("bbox"):
                 box = [int(v) for v in region["bbox"]]
-                if all(_iou(box, known) < 0.5 for known in boxes):
+                if all(box_iou(box, known) < 0.5 for known in boxes):
                     boxes.append(box)
         checks["faces_checked"] = len(boxes)
         if not boxes:
@@ -173,14 +193,13 @@ class PrivacyVerifier:
         # 3. Best match of each original face.
         leaks, overall_min = [], float("inf")
         for box, vec, same_box_vec in zip(boxes, original_vecs, same_box_vecs):
-            best = float(np.linalg.norm(vec - same_box_vec))
-            best_box = box
+            best, best_box, best_vec = distance(vec, same_box_vec), box, same_box_vec
             for edited_box, edited_vec in zip(edited_boxes, edited_vecs):
-                dist = float(np.linalg.norm(vec - edited_vec))
+                dist = distance(vec, edited_vec)
                 if dist < best:
-                    best, best_box = dist, edited_box
+                    best, best_box, best_vec = dist, edited_box, edited_vec
             overall_min = min(overall_min, best)
-            if best < threshold:
+            if self.embedder.same_identity(vec, best_vec):
                 leaks.append(Leak(category=FACE_CATEGORY, bbox=box, kind="face_identity",
                                   detail={"distance": round(best, 4), "matched_bbox": best_box}))
         checks["min_face_distance"] = round(overall_min, 4)

@@ -13,7 +13,7 @@ __all__ = ["EDITOR_NAMES", "EditRequest", "Editor", "load_editor"]
 
 def load_editor(name: str, config: Any) -> Editor:
     """Build the editor ``name`` from a ``JobConfig`` (its ``edit`` section; ``classic`` also
-    reads ``classic_edit``). Model sources may be ``tiny://<name>``. ``fake:<failure>`` builds
+    reads ``classic``). Model sources may be ``tiny://<name>``. ``fake:<failure>`` builds
     the test fake with an injected failure (see ``editors.fake``)."""
     from unsafe2safe_ray.testing.tiny import resolve_model_source
 
@@ -45,7 +45,7 @@ def load_editor(name: str, config: Any) -> Editor:
     if base == "classic":
         from unsafe2safe_ray.editors.classic import ClassicEditor, ObscureSettings
 
-        return ClassicEditor(ObscureSettings.from_config(config.classic_edit))
+        return ClassicEditor(ObscureSettings.from_config(config.classic))
     if base == "fake":
         from unsafe2safe_ray.editors.fake import FakeEditor
 

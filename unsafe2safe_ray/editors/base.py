@@ -45,6 +45,9 @@ class Editor:
 
     name = "editor"
     size_multiple: int | None = 16
+    # A region editor changes pixels only inside the requests' regions (classic obscuring);
+    # the edit stage fails a flagged row it would hand over without regions.
+    needs_regions: bool = False
 
     def edit(self, requests: list[EditRequest]) -> list[np.ndarray]:
         raise NotImplementedError

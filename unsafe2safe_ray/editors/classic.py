@@ -4,9 +4,9 @@ Every region is first dilated (a fraction of its size plus a few pixels), then d
 ellipse (faces) or a rectangle (everything else). Only pixels inside those shapes are written;
 every other pixel of the output is the input's byte for byte.
 
-``obscure_regions`` is the plain function other editors call (the diffusion path uses it to fill
-a region the verifier still finds readable); ``ClassicEditor`` wraps it in the ``Editor``
-interface.
+``obscure_regions`` is the plain function the edit stage's escalation calls (to fill a region the
+verifier still finds readable, whatever the editor); ``ClassicEditor`` wraps it in the ``Editor``
+interface, with the ``classic`` config section's settings.
 """
 
 from __future__ import annotations
@@ -209,6 +209,7 @@ class ClassicEditor(Editor):
 
     name = "classic"
     size_multiple = None  # works at any size; the edit stage must not resize for it
+    needs_regions = True  # changes nothing outside regions
 
     def __init__(self, settings: ObscureSettings | None = None) -> None:
         self.settings = settings or ObscureSettings()

@@ -23,7 +23,9 @@ class EvalOptions:
     face_embedder: str = "auto"
     arcface_root: str | None = None  # InsightFace root holding models/<pack>/ (default ~/.insightface)
     arcface_pack: str = "antelopev2"
-    face_detection_threshold: float = 0.5
+    # None: the privacy verifier's own threshold (verify.face_score_threshold), so the verifier
+    # and the evaluation detect the same faces.
+    face_detection_threshold: float | None = None
     # Judge (race entropy, VLMScore): an engine kind and model for unsafe2safe_ray.engines.
     judge_engine: str | None = None
     judge_model: str | None = None
@@ -35,6 +37,9 @@ class EvalOptions:
     batch_size: int = 4
     num_gpus: float = 0.0
     thumbnail_px: int = 160
+    # Also write what identifies people (text read in the originals, thumbnails of the originals)
+    # to OUT/private/; the public files never hold it.
+    include_private: bool = False
     storage_options: dict = field(default_factory=dict)
 
     def with_metrics(self, metrics: str | None) -> "EvalOptions":
@@ -46,6 +51,15 @@ class EvalOptions:
         if unknown:
             raise ValueError(f"unknown metric family {unknown}; known: {', '.join(METRIC_FAMILIES)}")
         return replace(self, metrics=chosen)
+
+    def verifier(self):
+        """A ``PrivacyVerifier`` with the job's default verify settings: the evaluation reads
+        faces and text with the very detectors (and thresholds) the edit stage verifies with."""
+        from unsafe2safe_ray.config import VerifyConfig
+        from unsafe2safe_ray.detectors.verifier import PrivacyVerifier
+
+        overrides = {} if self.face_detection_threshold is None else {"face_score_threshold": self.face_detection_threshold}
+        return PrivacyVerifier(VerifyConfig(**overrides))
 
     def wants(self, family: str) -> bool:
         """Whether ``family`` was selected."""

@@ -6,6 +6,10 @@ Steps of ``evaluate_outputs``:
 3. write ``per_image.parquet``;
 4. summarize per method into ``summary.json`` (unavailable metrics listed with their reason);
 5. render ``report.html``.
+
+These three are publishable: no text read in the originals, no pictures of the originals. With
+``include_private`` those go to ``OUT/private/`` (``per_image_private.parquet``,
+``report_private.html``), a folder that must never be published; without it they are not written.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ log = logging.getLogger(__name__)
 
 # Columns kept out of per_image.parquet: gallery thumbnails.
 HEAVY_COLUMNS = ("thumb_original", "thumb_anonymized")
+# Text read in the originals (names, dates of birth, card and plate numbers) and in the outputs
+# (which repeats it where it leaked): only in the private table.
+PRIVATE_COLUMNS = ("text_original", "text_anonymized")
+PRIVATE_DIR = "private"
+PRIVATE_PER_IMAGE = "private/per_image_private.parquet"
+PRIVATE_REPORT = "private/report_private.html"
 
 
 def _result_schema():
@@ -98,16 +108,15 @@ class PairEvaluator:
             return None
 
     def _load_faces(self):
-        from unsafe2safe_ray.eval.privacy import CenterFaceDetector, FaceComparer, load_face_embedder
+        from unsafe2safe_ray.detectors.identity import load_identity_embedder
+        from unsafe2safe_ray.eval.privacy import FaceComparer
 
-        embedder = load_face_embedder(self.options.face_embedder, self.options.arcface_root, self.options.arcface_pack)
+        embedder = load_identity_embedder(self.options.face_embedder, self.options.arcface_root, self.options.arcface_pack)
         self.face_embedder_name = embedder.name
-        return FaceComparer(CenterFaceDetector(self.options.face_detection_threshold), embedder)
+        return FaceComparer(self.options.verifier().faces, embedder)
 
     def _load_text(self):
-        from unsafe2safe_ray.eval.privacy import TextReader
-
-        return TextReader()
+        return self.options.verifier().ocr
 
     def _load_clip(self):
         from unsafe2safe_ray.eval.quality import ClipScorer
@@ -172,8 +181,8 @@ class PairEvaluator:
             def read_texts():
                 from unsafe2safe_ray.eval.privacy import compare_texts
 
-                text_original = self.text.read(original)
-                text_anonymized = self.text.read(anonymized) if text_original.strip() else ""
+                text_original = self.text.read_text(original)
+                text_anonymized = self.text.read_text(anonymized) if text_original.strip() else ""
                 out.update(text_original=text_original, text_anonymized=text_anonymized)
                 out.update(compare_texts(text_original, text_anonymized))
 
@@ -319,15 +328,34 @@ def score_pairs(pair_rows: list[dict], options: EvalOptions) -> list[dict]:
 
 
 def write_per_image(rows: list[dict], path: str, storage_options: dict | None = None) -> None:
-    """The per-image table without pixels and thumbnails."""
+    """The publishable per-image table: no pixels, no thumbnails, no recognized text."""
+    import pyarrow as pa
+
+    schema = _result_schema()
+    light = pa.schema([f for f in schema if f.name not in HEAVY_COLUMNS + PRIVATE_COLUMNS])
+    public = [{c: row.get(c) for c in light.names} for row in rows]
+    for row in public:
+        row["regions"] = records.public_regions(row.get("regions"))
+    _write_table(pa.Table.from_pylist(public, schema=light), path, storage_options)
+
+
+def write_private_per_image(rows: list[dict], path: str, storage_options: dict | None = None) -> None:
+    """The private per-image table: the text read in each original and output, and the regions
+    with their recognized text, keyed like ``per_image.parquet`` (method, key)."""
+    import pyarrow as pa
+
+    schema = _result_schema()
+    private = pa.schema([schema.field(c) for c in ("method", "key", "source_uri", "regions", *PRIVATE_COLUMNS)])
+    _write_table(pa.Table.from_pylist([{c: row.get(c) for c in private.names} for row in rows], schema=private),
+                 path, storage_options)
+
+
+def _write_table(table, path: str, storage_options: dict | None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from unsafe2safe_ray.storage.fs import atomic_write, filesystem
 
-    schema = _result_schema()
-    light = pa.schema([f for f in schema if f.name not in HEAVY_COLUMNS])
-    table = pa.Table.from_pylist([{c: row.get(c) for c in light.names} for row in rows], schema=light)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     fs, fs_path = filesystem(path, storage_options)
@@ -336,7 +364,8 @@ def write_per_image(rows: list[dict], path: str, storage_options: dict | None = 
 
 def evaluate_outputs(original: str, anonymized: dict[str, str], out_dir: str,
                      options: EvalOptions | None = None) -> dict[str, Any]:
-    """Evaluate every anonymized output against ``original``; writes the three files.
+    """Evaluate every anonymized output against ``original``; writes the three publishable
+    files, and the private ones under ``private/`` when ``options.include_private``.
 
     Returns the summary: the first method's metrics at the top level, every method under
     ``by_method``, and unavailable metric families with their reasons under ``unavailable``.
@@ -358,6 +387,9 @@ def evaluate_outputs(original: str, anonymized: dict[str, str], out_dir: str,
     fs, root = filesystem(out_dir, options.storage_options)
     fs.makedirs(root, exist_ok=True)
     write_per_image(rows, posixpath.join(out_dir, "per_image.parquet"), options.storage_options)
+    if options.include_private:
+        fs.makedirs(posixpath.join(root, PRIVATE_DIR), exist_ok=True)
+        write_private_per_image(rows, posixpath.join(out_dir, PRIVATE_PER_IMAGE), options.storage_options)
     # 4. Summary.
     by_method = {m: summarize([r for r in rows if r["method"] == m], options) for m in anonymized}
     first = next(iter(anonymized))
@@ -369,9 +401,12 @@ def evaluate_outputs(original: str, anonymized: dict[str, str], out_dir: str,
         "metrics": list(options.metrics),
         "unavailable": unavailable_metrics(rows),
         "by_method": by_method,
+        "private_outputs": [PRIVATE_PER_IMAGE, PRIVATE_REPORT] if options.include_private else [],
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(fs, posixpath.join(root, "summary.json"), summary)
     # 5. Report.
     write_report(posixpath.join(out_dir, "report.html"), summary, rows, options.storage_options)
+    if options.include_private:
+        write_report(posixpath.join(out_dir, PRIVATE_REPORT), summary, rows, options.storage_options, private=True)
     return summary

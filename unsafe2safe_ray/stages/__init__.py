@@ -7,8 +7,6 @@ import importlib
 
 STAGES: dict[str, str] = {
     "detect": "unsafe2safe_ray.stages.detect:DetectStage",
-    "classic_edit": "unsafe2safe_ray.stages.classic_edit:ClassicEditStage",
-    "verify": "unsafe2safe_ray.stages.verify:VerifyStage",
     "caption": "unsafe2safe_ray.stages.caption:CaptionStage",
     "instruct": "unsafe2safe_ray.stages.instruct:InstructStage",
     "edit": "unsafe2safe_ray.stages.edit:EditStage",

@@ -5,9 +5,10 @@ loaded in ``setup()`` (once per actor), and ``process(rows) -> rows`` on plain r
 follow ``records.PIPELINE_SCHEMA``. Stages never import ray; ``apply_stage`` is the only place
 that knows about ``map_batches``, actor pools and batch formats.
 
-Failure handling lives here too, in one place: rows already failed skip the stage; if a batch
-raises, each row is retried alone, and a row that still raises becomes a failed row carrying the
-error. A stage therefore only raises for errors it cannot attribute to a row.
+Failure handling lives here too, in one place: rows already failed skip the stage; every
+attempt works on its own copies of the input rows; if a batch raises, each row is retried alone
+from its untouched input, and a row that still raises becomes a failed row carrying the error
+and ``error_stage``. A stage therefore only raises for errors it cannot attribute to a row.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ def run_rows(stage: Stage, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     live = [rows[i] for i in live_idx]
     start = time.perf_counter()
     try:
-        out = _checked(stage, live)
+        # Every attempt gets fresh copies: a stage may edit its rows in place, and a batch that
+        # raised halfway must not hand half-edited rows (or evidence) to the retries below.
+        # Row values are immutable (bytes, str, numbers), so a shallow copy is a full one.
+        out = _checked(stage, [dict(row) for row in live])
     except Exception as batch_error:  # noqa: BLE001 - isolate the failing row(s) below
         log.warning("stage %s: batch of %d failed (%s); retrying rows alone",
                     stage.name, len(live), type(batch_error).__name__)
@@ -89,7 +93,8 @@ def run_rows(stage: Stage, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             try:
                 out.extend(_checked(stage, [dict(row)]))
             except Exception as row_error:  # noqa: BLE001 - becomes a failed row
-                out.append(records.fail(dict(row), f"{stage.name}: {type(row_error).__name__}: {row_error}"))
+                out.append(records.fail(dict(row), f"{stage.name}: {type(row_error).__name__}: {row_error}",
+                                        stage=stage.name))
     per_row = (time.perf_counter() - start) / len(live)
     for i, row in zip(live_idx, out):
         records.add_stage_time(row, stage.name, per_row)

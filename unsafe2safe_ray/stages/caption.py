@@ -66,8 +66,13 @@ class CaptionStage(GenerationStage):
             row["raw_output"] = text
             row["privacy_flag"] = True
             return records.fail(row, f"caption: {e}")
-        row["privacy_flag"] = found.privacy_flag
-        row["categories"] = json.dumps(found.categories)
+        # A detector stage before this one is a safety net: its hit keeps the row flagged even
+        # when the VLM calls the image safe, so one model's miss is not a leak.
+        by_detector = bool(row.get("privacy_flag"))
+        row["privacy_flag"] = found.privacy_flag or by_detector
+        row["flagged_by"] = "+".join(name for name, hit in (("vlm", found.privacy_flag), ("detector", by_detector)) if hit)
+        earlier = [c for c in records.json_list(row.get("categories")) if c not in found.categories]
+        row["categories"] = json.dumps(list(found.categories) + earlier)
         # Boxes from earlier stages (detectors) stay; the VLM's are added beside them.
         row["regions"] = json.dumps(records.json_list(row.get("regions")) + found.regions)
         row["privacy_review"] = json.dumps(found.privacy_review)

@@ -92,6 +92,7 @@ def fill_detection_columns(row: dict[str, Any], regions: list[dict], config) -> 
     """Write the flag, categories, regions and the templated caption triplet into ``row``."""
     categories = [c for c in records.CATEGORIES if any(r["category"] == c for r in regions)]
     row["privacy_flag"] = bool(regions)
+    row["flagged_by"] = "detector" if regions else ""
     row["categories"] = json.dumps(categories)
     row["regions"] = json.dumps(regions)
     row["caption_source"] = CAPTION_SOURCE
@@ -162,8 +163,8 @@ def _public_caption(subject: str, counts: dict[str, int]) -> str:
 
 def _edit_instruction(counts: dict[str, int], config) -> str:
     """What the classic editor will change, with the configured method per category."""
-    methods = config.classic_edit.methods
-    default = config.classic_edit.default_method
+    methods = config.classic.methods
+    default = config.classic.default_method
     face_verb = _METHOD_VERBS[methods.get(FACE, default)]
     text_verb = _METHOD_VERBS[methods.get(TEXT, default)]
     steps = []

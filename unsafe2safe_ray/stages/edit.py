@@ -1,23 +1,29 @@
-"""Stage 2: the generative (or classic) editor, with size buckets, region scope, verification
-and fail-closed handling.
+"""``edit``: the one edit capability of Stage 2, for every editor (classic obscuring, the
+diffusion editors, the test fake), with one fail-closed rule and one check-and-escalate routine.
 
-Per Ray batch (one actor holds one editor, loaded once in ``setup``):
+Per Ray batch (one actor holds one editor and one privacy verifier, loaded once in ``setup``):
 
 1. Select the rows to edit: live, not yet edited, flagged (or every row with ``edit.edit_all``).
-2. Bucket them by working size (native or area buckets, see ``editors.base.working_size``) so
+   Their regions are read with ``detectors.geometry``: boxes are clipped to the image; boxes
+   entirely outside it or without area are dropped; an unreadable box fails the row. A region
+   editor (classic) cannot change a flagged row without regions, so such a row fails with an
+   error that says what to change; an unflagged row it cannot edit stays as it is.
+2. Bucket the rest by working size (native or area buckets, see ``editors.base.working_size``) so
    one editor call shares one resolution; each image keeps its own seed (the row's ``seed``).
 3. Edit each bucket. A bucket that raises (OOM, NaN output, anything) is retried image by image
    at ``edit.fallback_scale`` of the size; an image that fails again becomes a failed row.
 4. Resize outputs back to the original size; with ``scope: regions`` blend them into the
    original only inside the dilated, feathered union of the row's regions.
-5. Verify every edited image with the privacy verifier. A leak is re-edited with a new seed at a
-   higher strength (``edit.retries`` times), then the leaking regions get the verify section's
-   classic method; an image that still leaks becomes a failed row.
-6. Edited rows keep their original pixels in ``original_image`` for the later verify stage,
-   carry the edit in ``image``, and get ``status=edited``, ``editor`` and ``verification``.
+5. Check every edit: each region (or, without regions, the whole image) must have changed, and
+   the privacy verifier must find no surviving face or readable text. A problem is re-edited with
+   a new seed at a higher strength (``edit.retries`` times), then the problem regions get the
+   verify section's classic method; an image that still fails a check becomes a failed row.
+6. Rows that pass get ``status=edited``, ``editor`` and ``verification`` (numbers and boxes only).
 
-A flagged row never leaves this stage with its original pixels in ``image`` and ``status`` other
-than pending or failed, so the writer's fail-closed rule keeps them out of the output.
+The original pixels are read-only evidence for the whole batch: every check compares against
+them, never against an earlier edit. A flagged row leaves this stage ``edited`` only when its
+pixels changed where they had to and verification passed; otherwise it is failed, and the
+writer's own fail-closed rule keeps unedited flagged pixels out of the output either way.
 """
 
 from __future__ import annotations
@@ -31,16 +37,16 @@ from typing import Any
 import numpy as np
 
 from unsafe2safe_ray import records
-from unsafe2safe_ray.editors.base import (
-    EditRequest,
-    blend,
-    region_mask,
-    resize_image,
-    working_size,
-)
+from unsafe2safe_ray.detectors.geometry import BoxError, clip_box
+from unsafe2safe_ray.detectors.verifier import Leak, VerifyReport, leak_record, leak_targets
+from unsafe2safe_ray.editors.base import EditRequest, blend, region_mask, resize_image, working_size
 from unsafe2safe_ray.stages.base import Stage
 
 log = logging.getLogger(__name__)
+
+# A region whose original pixels span fewer grey levels than this holds nothing to hide (a flat
+# patch), so an editor may leave it as it was.
+_FLAT_RANGE = 3
 
 
 @dataclass
@@ -48,7 +54,7 @@ class _EditJob:
     """One row's way through the stage: its inputs, the current edit and what happened."""
 
     row: dict[str, Any]
-    original: np.ndarray
+    original: np.ndarray  # read-only: the evidence every check compares against
     regions: list[dict]
     source_prompt: str
     target_prompt: str
@@ -56,10 +62,11 @@ class _EditJob:
     seed: int
     edited: np.ndarray | None = None
     error: str | None = None
-    report: Any = None
+    report: VerifyReport | None = None
     attempts: list[dict] = field(default_factory=list)
     scope: str = "global"
     fallback: str | None = None
+    regions_dropped: int = 0
 
 
 class EditStage(Stage):
@@ -69,8 +76,16 @@ class EditStage(Stage):
 
     def setup(self) -> None:
         """Load the editor once per actor, and the privacy verifier when ``edit.verify``."""
+        from unsafe2safe_ray.detectors.faces import threads_for
         from unsafe2safe_ray.editors import load_editor
 
+        self.threads = threads_for(self.config.edit)
+        try:
+            import cv2
+
+            cv2.setNumThreads(self.threads)
+        except ImportError:  # pragma: no cover - opencv is a dependency
+            pass
         self.editor = load_editor(self.config.edit.editor, self.config)
         self.verifier = self._load_verifier() if self.config.edit.verify else None
 
@@ -79,18 +94,20 @@ class EditStage(Stage):
         # letting unverified edits through.
         from unsafe2safe_ray.detectors.verifier import PrivacyVerifier
 
-        verifier = PrivacyVerifier(self.config.verify)
+        verifier = PrivacyVerifier(self.config.verify, threads=self.threads)
         verifier.warm_up()
         return verifier
 
     # -- 1. selection ---------------------------------------------------------------------------
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Edit the selected rows in place; other rows pass through untouched."""
-        jobs = [self._job(row) for row in rows if self._selected(row)]
+        """Edit the selected rows; other rows pass through untouched."""
+        if not hasattr(self, "editor"):
+            self.setup()
+        jobs = [job for row in rows if self._selected(row) and (job := self._job(row)) is not None]
         if jobs:
             self._edit_round(jobs, strength=0)
-            self._verify_and_escalate(jobs)
+            self._check_and_escalate(jobs)
             for job in jobs:
                 self._finish(job)
         return rows
@@ -100,18 +117,39 @@ class EditStage(Stage):
             return False
         return bool(row.get("privacy_flag")) or self.config.edit.edit_all
 
-    @staticmethod
-    def _job(row: dict[str, Any]) -> _EditJob:
+    def _job(self, row: dict[str, Any]) -> _EditJob | None:
+        """The row's edit job, or None when the row cannot or need not be edited (a failed
+        row, or an unflagged row that a region editor has nothing to change in)."""
+        original = records.get_image(row)
+        height, width = original.shape[:2]
+        regions, dropped = [], 0
+        for index, region in enumerate(records.json_list(row.get("regions"))):
+            if not isinstance(region, dict) or region.get("bbox") is None:
+                continue  # a category without a place (a VLM flag): nothing to clip
+            try:
+                box = clip_box(region["bbox"], height, width)
+            except BoxError as e:
+                records.fail(row, f"edit: region {index} ({region.get('category', '?')}): {e}; fix the "
+                                  "detector or VLM output, or drop the region")
+                return None
+            if box is None:
+                dropped += 1
+                continue
+            regions.append(dict(region, bbox=box))
+        if getattr(self.editor, "needs_regions", False) and not regions:
+            if not row.get("privacy_flag"):
+                return None  # nothing sensitive and nothing to obscure: the row passes as it is
+            records.fail(row, f"edit: flagged but no regions to obscure ({dropped} outside the image); the "
+                              f"{self.editor.name} editor only changes pixels inside regions: add a detector "
+                              "stage (stages: [detect, ...]) or use a generative editor (edit.editor=flowedit)")
+            return None
         public = row.get("public_caption") or ""
         target = row.get("combined_caption") or public
         return _EditJob(
-            row=row,
-            original=records.get_image(row),
-            regions=[r for r in records.json_list(row.get("regions")) if isinstance(r, dict)],
-            source_prompt=row.get("private_caption") or public,
-            target_prompt=target,
-            instruction=row.get("edit_instruction") or target,
-            seed=int(row.get("seed") or 0),
+            row=row, original=original, regions=regions,
+            source_prompt=row.get("private_caption") or public, target_prompt=target,
+            instruction=row.get("edit_instruction") or target, seed=int(row.get("seed") or 0),
+            regions_dropped=dropped,
         )
 
     # -- 2-4. bucketed editing ------------------------------------------------------------------
@@ -188,7 +226,7 @@ class EditStage(Stage):
         height, width = job.original.shape[:2]
         sy, sx = size[0] / height, size[1] / width
         regions = [dict(r, bbox=[r["bbox"][0] * sx, r["bbox"][1] * sy, r["bbox"][2] * sx, r["bbox"][3] * sy])
-                   for r in job.regions if r.get("bbox") and len(r["bbox"]) == 4]
+                   for r in job.regions]
         return EditRequest(
             image=resize_image(job.original, size), source_prompt=job.source_prompt,
             target_prompt=job.target_prompt, instruction=job.instruction, regions=regions,
@@ -200,53 +238,52 @@ class EditStage(Stage):
         # Retries get another seed derived from the row's, so reruns retry identically.
         return job.seed if strength == 0 else records.derive_seed(job.seed, f"edit-retry-{strength}")
 
-    # -- 5. verification and escalation ---------------------------------------------------------
+    # -- 5. check and escalate (the one routine, for every editor) ------------------------------
 
-    def _verify_and_escalate(self, jobs: list[_EditJob]) -> None:
-        if self.verifier is None:
-            return
+    def _check_and_escalate(self, jobs: list[_EditJob]) -> None:
         pending = [job for job in jobs if job.error is None]
         self._check(pending)
         for strength in range(1, self.config.edit.retries + 1):
-            leaking = [job for job in pending if not job.report.ok]
-            if not leaking:
+            failing = [job for job in pending if job.report.leaks]
+            if not failing:
                 break
-            self._edit_round(leaking, strength=strength)
-            self._check(leaking)
-        leaking = [job for job in pending if not job.report.ok]
-        if leaking and self.config.edit.classic_fallback:
-            self._classic_fill(leaking)
-            self._check(leaking)
+            self._edit_round(failing, strength=strength)
+            self._check(failing)
+        failing = [job for job in pending if job.report.leaks]
+        if failing and self.config.edit.classic_fallback:
+            self._classic_fill(failing)
+            self._check(failing)
         for job in pending:
-            if not job.report.ok:
+            if job.report.leaks:
                 kinds = sorted({f"{leak.category}/{leak.kind}" for leak in job.report.leaks})
-                job.error = (f"edit: privacy leak remains after {self.config.edit.retries} retries"
-                             f"{' and classic fill' if job.fallback else ''}: {', '.join(kinds)}")
+                job.error = (f"edit: privacy check still fails after {self.config.edit.retries} retries"
+                             f"{' and classic ' + job.fallback if job.fallback else ''}: {', '.join(kinds)}")
+            elif job.report.missing:
+                job.error = f"edit: required verification check(s) {job.report.missing} did not run"
 
     def _check(self, jobs: list[_EditJob]) -> None:
+        """Check each job's current edit against its read-only original."""
         for job in jobs:
-            job.report = self.verifier.check(job.original, job.edited, job.regions)
-            job.attempts[-1]["ok"] = bool(job.report.ok)
-            job.attempts[-1]["leaks"] = [_leak_record(leak) for leak in job.report.leaks]
+            unchanged = _unchanged_regions(job.original, job.edited, job.regions)
+            if self.verifier is not None:
+                report = self.verifier.check(job.original, job.edited, job.regions)
+            else:
+                report = VerifyReport(leaks=[], checks={}, checks_run=[],
+                                      required=list(self.config.verify.required_checks))
+            report.leaks = unchanged + report.leaks
+            job.report = report
+            job.attempts[-1]["ok"] = report.ok
+            job.attempts[-1]["leaks"] = [leak_record(leak) for leak in report.leaks]
 
     def _classic_fill(self, jobs: list[_EditJob]) -> None:
+        from unsafe2safe_ray.editors.classic import obscure_regions
+
         method, dilation = self.config.verify.escalation_method, self.config.verify.escalation_dilation
         for job in jobs:
-            boxes, unlocated = [], False
-            for leak in job.report.leaks:
-                if not getattr(leak, "bbox", None):
-                    unlocated = True
-                    continue
-                boxes.append({"category": leak.category, "bbox": list(leak.bbox)})
-                # A face may match the original at another place of the edited image.
-                matched = (getattr(leak, "detail", None) or {}).get("matched_bbox")
-                if matched and list(matched) != list(leak.bbox):
-                    boxes.append({"category": leak.category, "bbox": list(matched)})
-            # A leak without a location falls back to every known region of the row.
-            targets = boxes + job.regions if unlocated else boxes
+            targets = leak_targets(job.report, job.regions)
             if not targets:
                 continue
-            job.edited = np.asarray(_obscure_regions(job.edited, targets, method, dilation), dtype=np.uint8)
+            job.edited = obscure_regions(job.edited, targets, method, dilation)
             job.fallback = method
             job.attempts.append({"strength": None, "seed": None, "scale": 1.0, "classic": method})
 
@@ -255,45 +292,44 @@ class EditStage(Stage):
     def _finish(self, job: _EditJob) -> None:
         row = job.row
         if job.error is not None:
-            records.fail(row, job.error)
+            records.fail(row, job.error, stage=self.name)
             return
-        records.set_image(row, job.original, "original_image")
         records.set_image(row, job.edited)
         row["status"] = records.EDITED
-        row["editor"] = self.editor.name
+        row["editor"] = self.editor.name if not job.fallback else f"{self.editor.name}+{job.fallback}"
+        report = job.report
         verification = records.json_dict(row.get("verification"))
-        verification["edit"] = {
-            "verified": self.verifier is not None,
-            "ok": bool(job.report.ok) if job.report is not None else None,
-            "scope": job.scope,
-            "fallback": job.fallback,
-            "attempts": job.attempts,
-            "checks": _public_checks(job.report.checks) if job.report is not None else {},
-        }
+        verification.update(
+            verified=bool(report.checks_run),
+            ok=report.ok if report.checks_run else None,
+            checks_run=list(report.checks_run),
+            checks_skipped=[c for c in ("faces", "text") if c not in report.checks_run],
+            scope=job.scope,
+            fallback=job.fallback,
+            regions_dropped=job.regions_dropped,
+            attempts=job.attempts,
+            leaks=[leak_record(leak) for leak in report.leaks],
+            checks={str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in report.checks.items()
+                    if isinstance(v, (bool, int, float, np.generic)) or v is None},
+        )
         row["verification"] = json.dumps(verification, default=_json_default)
 
 
-def _obscure_regions(image: np.ndarray, regions: list[dict], method: str, dilation: float) -> np.ndarray:
-    """The classic editor's region obscuring (blur / pixelate / fill / inpaint)."""
-    from unsafe2safe_ray.editors.classic import obscure_regions
-
-    return obscure_regions(image, regions, method, dilation)
-
-
-def _leak_record(leak: Any) -> dict[str, Any]:
-    # The leak's free-text detail may quote recognized text; the verification column is
-    # published, so only the category, kind and location are kept.
-    bbox = getattr(leak, "bbox", None)
-    return {"category": leak.category, "kind": leak.kind,
-            "bbox": [round(float(v), 1) for v in bbox] if bbox else None}
-
-
-def _public_checks(checks: Any) -> dict[str, Any]:
-    # Numbers and flags only, for the same reason as _leak_record.
-    if not isinstance(checks, dict):
-        return {}
-    return {str(k): v.item() if isinstance(v, np.generic) else v for k, v in checks.items()
-            if isinstance(v, (bool, int, float, np.generic))}
+def _unchanged_regions(original: np.ndarray, edited: np.ndarray, regions: list[dict]) -> list[Leak]:
+    """The regions whose pixels the edit left as they were, as ``unchanged_pixels`` leaks. Flat
+    regions (nothing to hide) do not count. Without regions the whole image must have changed;
+    that leak has no box, so no classic fill can paper over it and the row fails."""
+    if not regions:
+        if np.array_equal(original, edited):
+            return [Leak(category="", bbox=None, kind="unchanged_pixels")]
+        return []
+    leaks = []
+    for region in regions:
+        x0, y0, x1, y1 = region["bbox"]
+        before, after = original[y0:y1, x0:x1], edited[y0:y1, x0:x1]
+        if np.array_equal(before, after) and int(before.max()) - int(before.min()) >= _FLAT_RANGE:
+            leaks.append(Leak(category=region.get("category", ""), bbox=[x0, y0, x1, y1], kind="unchanged_pixels"))
+    return leaks
 
 
 def _json_default(value: Any) -> Any:
