@@ -106,7 +106,7 @@ def test_report_lists_methods_paper_numbers_and_gallery(evaluated):
     page = (out / "report.html").read_text()
     assert "ours: passthrough" in page and "ours: fill" in page
     assert "paper: U2S FlowEdit" in page and "approximate" in page
-    assert page.count("data:image/jpeg;base64,") == 2 * 2 * len(SAMPLES)
+    assert page.count("data:image/jpeg;base64,") == 2 * len(SAMPLES)  # outputs only: originals are private
     assert "not measured" in page or "lpips" not in json.loads((out / "summary.json").read_text())["unavailable"]
     # Worst first: the first pass-through card is an image with a face (FaceSim ~1).
     gallery = page.split("Gallery: passthrough")[1]

@@ -27,6 +27,10 @@ def evaluate(
     judge_model: Annotated[Optional[str], typer.Option(help="VLM judge model (hub id, dir or tiny://name).")] = None,
     pool_size: Annotated[int, typer.Option(help="Evaluation actors.")] = 1,
     num_gpus: Annotated[float, typer.Option(help="GPUs per evaluation actor.")] = 0.0,
+    include_private: Annotated[bool, typer.Option(
+        "--include-private",
+        help="Also write text read in the originals and thumbnails of the originals to OUT/private/ "
+             "(per_image_private.parquet, report_private.html). Never publish that folder.")] = False,
 ) -> None:
     """Score anonymized outputs against the originals; writes the report to --out."""
     from unsafe2safe_ray.eval.options import EvalOptions
@@ -37,12 +41,15 @@ def evaluate(
     options = EvalOptions(
         clip_model=clip_model or None, face_embedder=face_embedder, arcface_root=arcface_root,
         judge_engine=judge_engine, judge_model=judge_model, pool_size=pool_size, num_gpus=num_gpus,
+        include_private=include_private,
     ).with_metrics(metrics)
     init_ray()
     summary = evaluate_outputs(original, parse_methods(anonymized), out, options)
     shown = {k: v for k, v in summary.items() if k not in ("by_method", "anonymized")}
     typer.echo(json.dumps(shown, indent=2, default=str))
     typer.echo(f"report: {out.rstrip('/')}/report.html")
+    for path in summary.get("private_outputs") or []:
+        typer.echo(f"private (never publish): {out.rstrip('/')}/{path}")
 
 
 def utility(

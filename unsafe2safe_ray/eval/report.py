@@ -1,4 +1,8 @@
-"""The HTML report: one self-contained page (no external files, thumbnails as data URLs)."""
+"""The HTML report: one self-contained page (no external files, thumbnails as data URLs).
+
+``report.html`` is publishable: its gallery shows the anonymized outputs only. The private
+report (``private/report_private.html``, written with ``--include-private``) shows each output
+beside a thumbnail of its original and must never be published."""
 
 from __future__ import annotations
 
@@ -105,7 +109,7 @@ def _badness(row: dict) -> tuple:
     return (-value("face_sim"), -value("text_sim_token_set"), row.get("key") or "")
 
 
-def _card(row: dict) -> str:
+def _card(row: dict, private: bool = False) -> str:
     metrics = []
     for name, label in (("face_sim", "FaceSim"), ("face_count_original", "faces"),
                         ("face_count_redetected", "re-detected"), ("text_sim_token_set", "TextSim"),
@@ -116,20 +120,36 @@ def _card(row: dict) -> str:
         f"<div class='card'><div class='key'>{html.escape(str(row.get('key')))} · "
         f"{html.escape(posixpath.basename(str(row.get('source_uri') or '')))}</div>"
         "<div class='pair'>"
-        f"<figure><img alt='original' src='{_data_url(row.get('thumb_original'))}'><figcaption>original</figcaption></figure>"
-        f"<figure><img alt='anonymized' src='{_data_url(row.get('thumb_anonymized'))}'><figcaption>anonymized</figcaption></figure>"
+        + (f"<figure><img alt='original' src='{_data_url(row.get('thumb_original'))}'><figcaption>original</figcaption></figure>"
+           if private else "")
+        + f"<figure><img alt='anonymized' src='{_data_url(row.get('thumb_anonymized'))}'><figcaption>anonymized</figcaption></figure>"
         f"</div><div class='m'>{html.escape(' · '.join(metrics))}</div></div>"
     )
 
 
-def render_report(summary: dict, rows: list[dict]) -> str:
-    """The report page as a string."""
+def _privacy_note(summary: dict, private: bool) -> str:
+    if private:
+        return ("<div class='warn' id='privacy'><b>PRIVATE: never publish this file.</b> It shows thumbnails of "
+                "the original images beside the outputs. The publishable report is ../report.html.</div>")
+    outputs = summary.get("private_outputs") or []
+    where = (f"They are in {' and '.join(html.escape(p) for p in outputs)}: never publish that private/ folder."
+             if outputs else "They were not written; rerun evaluate with --include-private to write them to "
+             "private/ (never publish that folder).")
+    return ("<p class='muted' id='privacy'>This report is publishable: its gallery shows only the anonymized "
+            "outputs, and neither it, summary.json nor per_image.parquet holds text read in the originals or "
+            f"pictures of them. {where}</p>")
+
+
+def render_report(summary: dict, rows: list[dict], private: bool = False) -> str:
+    """The report page as a string; ``private`` adds the originals' thumbnails to the gallery."""
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>unsafe2safe evaluation</title>", f"<style>{STYLE}</style></head><body>",
-        "<h1>Anonymization evaluation</h1>",
+        f"<title>unsafe2safe evaluation{' (PRIVATE)' if private else ''}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Anonymization evaluation{' (PRIVATE)' if private else ''}</h1>",
         f"<div class='muted'>original: {html.escape(str(summary.get('original')))} · outputs: "
         f"{html.escape(json.dumps(summary.get('anonymized')))} · {summary.get('seconds', 0)} s</div>",
+        _privacy_note(summary, private),
     ]
     unavailable = summary.get("unavailable") or {}
     if unavailable:
@@ -147,14 +167,15 @@ def render_report(summary: dict, rows: list[dict]) -> str:
         parts.append(f"<h2>Gallery: {html.escape(method)} (worst privacy first, {min(len(chosen), GALLERY_LIMIT)} "
                      f"of {len(chosen)})</h2>")
         parts.append("<p class='muted'>Boxes: the sensitive regions the pipeline recorded (red people, blue text).</p>")
-        parts.append("<div class='gallery'>" + "".join(_card(r) for r in chosen[:GALLERY_LIMIT]) + "</div>")
+        parts.append("<div class='gallery'>" + "".join(_card(r, private) for r in chosen[:GALLERY_LIMIT]) + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(path: str, summary: dict, rows: list[dict], storage_options: dict | None = None) -> None:
+def write_report(path: str, summary: dict, rows: list[dict], storage_options: dict | None = None,
+                 private: bool = False) -> None:
     """Render and write the report atomically to ``path`` (any fsspec URI)."""
     from unsafe2safe_ray.storage.fs import atomic_write, filesystem
 
     fs, fs_path = filesystem(path, storage_options)
-    atomic_write(fs, fs_path, render_report(summary, rows).encode("utf-8"))
+    atomic_write(fs, fs_path, render_report(summary, rows, private).encode("utf-8"))
