@@ -119,3 +119,18 @@ def test_region_scope_with_a_real_editor_keeps_outside_pixels():
     assert np.array_equal(edited[outside], original[outside])
     assert not np.array_equal(edited[20:60, 20:44], original[20:60, 20:44])
     assert json.loads(out["verification"])["scope"] == "regions"
+
+
+@pytest.mark.parametrize("case", ["none", "one", "out_of_bounds", "degenerate"])
+@pytest.mark.parametrize("editor", EDITORS)
+def test_no_generative_edit_is_published_with_its_sensitive_pixels_unchanged(editor, case):
+    """The fail-closed property of the edit stage (see test_fail_closed.py) with the real
+    diffusers pipelines (tiny random weights)."""
+    from test_fail_closed import REGION_CASES, assert_never_published_unchanged
+
+    stage = tiny_stage(f"edit.editor={editor}")
+    row = make_row(f"{editor}-{case}", 64, 96, regions=REGION_CASES[case])
+    original = records.get_image(row).copy()
+    [out] = stage.process([dict(row)])
+    assert out["status"] == records.EDITED, out["error"]
+    assert_never_published_unchanged(row, original, out)

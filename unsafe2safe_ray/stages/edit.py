@@ -254,7 +254,10 @@ class EditStage(Stage):
             self._classic_fill(failing)
             self._check(failing)
         for job in pending:
-            if job.report.leaks:
+            if _did_nothing(job.report):
+                job.error = (f"edit: the {self.editor.name} editor returned the image unchanged "
+                             f"({self.config.edit.retries} retries); check edit.editor and its model")
+            elif job.report.leaks:
                 kinds = sorted({f"{leak.category}/{leak.kind}" for leak in job.report.leaks})
                 job.error = (f"edit: privacy check still fails after {self.config.edit.retries} retries"
                              f"{' and classic ' + job.fallback if job.fallback else ''}: {', '.join(kinds)}")
@@ -280,6 +283,8 @@ class EditStage(Stage):
 
         method, dilation = self.config.verify.escalation_method, self.config.verify.escalation_dilation
         for job in jobs:
+            if _did_nothing(job.report):
+                continue
             targets = leak_targets(job.report, job.regions)
             if not targets:
                 continue
@@ -317,12 +322,10 @@ class EditStage(Stage):
 
 def _unchanged_regions(original: np.ndarray, edited: np.ndarray, regions: list[dict]) -> list[Leak]:
     """The regions whose pixels the edit left as they were, as ``unchanged_pixels`` leaks. Flat
-    regions (nothing to hide) do not count. Without regions the whole image must have changed;
-    that leak has no box, so no classic fill can paper over it and the row fails."""
-    if not regions:
-        if np.array_equal(original, edited):
-            return [Leak(category="", bbox=None, kind="unchanged_pixels")]
-        return []
+    regions (nothing to hide) do not count. An output equal to its input is one leak without a
+    box: the editor did nothing, so no classic fill papers over it and the row fails."""
+    if np.array_equal(original, edited):
+        return [Leak(category="", bbox=None, kind="unchanged_pixels")]
     leaks = []
     for region in regions:
         x0, y0, x1, y1 = region["bbox"]
@@ -330,6 +333,10 @@ def _unchanged_regions(original: np.ndarray, edited: np.ndarray, regions: list[d
         if np.array_equal(before, after) and int(before.max()) - int(before.min()) >= _FLAT_RANGE:
             leaks.append(Leak(category=region.get("category", ""), bbox=[x0, y0, x1, y1], kind="unchanged_pixels"))
     return leaks
+
+
+def _did_nothing(report: VerifyReport) -> bool:
+    return any(leak.kind == "unchanged_pixels" and leak.bbox is None for leak in report.leaks)
 
 
 def _json_default(value: Any) -> Any:
