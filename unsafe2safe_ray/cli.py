@@ -16,7 +16,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    from unsafe2safe_ray.storage.redact import redact_text
+
+    typer.secho(f"error: {redact_text(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
@@ -24,9 +26,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from unsafe2safe_ray.config import ConfigError
     from unsafe2safe_ray.plan.listing import InputError
     from unsafe2safe_ray.plan.planner import PlanError
+    from unsafe2safe_ray.storage.commits import IntegrityError, MarkerError
     from unsafe2safe_ray.storage.fs import StorageError
 
-    return (ConfigError, InputError, PlanError, StorageError, FileNotFoundError, PermissionError, ValueError)
+    return (ConfigError, InputError, PlanError, StorageError, MarkerError, IntegrityError,
+            FileNotFoundError, PermissionError, ValueError)
 
 
 class ConsoleProgress:
@@ -82,11 +86,14 @@ def run(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file overriding the profile."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="none, cpu, tiny, gpu-fast, gpu-paper (default: gpu-fast with a GPU, else cpu)."),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Images per shard (fixed by the first run)."),
-    shards: str = typer.Option("pending", "--shards", help="pending | failed | all | a list like 3,7-9"),
+    shards: str = typer.Option("pending", "--shards", help="pending | failed | damaged (what `status --verify` lists) | all | a list like 3,7-9"),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set edit.editor=flowedit"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
     stages: str = typer.Option("all", "--stages", help="all | inspect (Stage 1 only) | edit (--input is an earlier --stages inspect output)"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id (default: $RAY_JOB_SUBMISSION_ID or a timestamp)."),
+    break_lease: bool = typer.Option(False, "--break-lease", help="Take the output's lease even if another run holds it (only when you know that run is dead)."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="Rerun with a config other than the committed shards' (markers record both digests)."),
+    allow_input_prefix: list[str] = typer.Option([], "--allow-input-prefix", help="A prefix (URI or folder) a manifest may name besides its own folder; repeatable (sets io.allow_input_prefixes)."),
 ) -> None:
     """Anonymize INPUT into OUTPUT. Reruns process only what --shards selects."""
     from unsafe2safe_ray.config import load_config
@@ -97,18 +104,26 @@ def run(
         overrides.append(f"io.shard_size={shard_size}")
     if address is not None:
         overrides.append(f"ray.address={address}")
+    if allow_input_prefix:
+        overrides.append(f"io.allow_input_prefixes={json.dumps(list(allow_input_prefix))}")
     progress = ConsoleProgress()
     try:
         cfg = load_config(profile, config, overrides)
         _quiet_ray()
         typer.echo(f"profile {cfg.profile}: stages {['decode', *cfg.stages, 'write']}", err=True)
-        result = run_job(input, output, cfg, shards=shards, run_id=run_id, stages=stages, progress=progress)
+        result = run_job(input, output, cfg, shards=shards, run_id=run_id, stages=stages, progress=progress,
+                         allow_config_change=allow_config_change, break_lease=break_lease)
     except _expected_errors() as e:
         progress.close()
         _fail(str(e))
     progress.close()
     summary = result.to_json()
-    typer.echo(json.dumps({k: summary[k] for k in ("run_id", "counts", "images_per_second", "incomplete_shards")}))
+    typer.echo(json.dumps({k: summary[k] for k in ("run_id", "counts", "failed_by_stage", "safety_net_flags",
+                                                  "images_per_second", "incomplete_shards")}))
+    skipped = summary["verification"]["skipped"]
+    if skipped:
+        typer.echo(f"warning: verification check(s) {skipped} were switched off: edited rows were not checked "
+                   "for them (verification.checks_skipped in captions/)", err=True)
     typer.echo(f"output: {output}/images (WebDataset tars), {output}/captions (Parquet); "
                f"`unsafe2safe status {output}` shows shard state.", err=True)
     if result.incomplete_shards:
@@ -117,22 +132,41 @@ def run(
 
 @app.command()
 def status(output: str = typer.Argument(..., help="Output root URI."),
-           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Committed / pending / with-failures shards and image counts."""
+           as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+           verify: bool = typer.Option(False, "--verify", help="Also check every committed file's checksum (reads all of them).")) -> None:
+    """Committed / pending / with-failures / damaged shards and image counts.
+
+    File sizes are always checked against the commit markers; --verify also checks checksums.
+    Exits 1 when a shard is damaged (rerun those with `run --shards damaged`).
+    """
     from unsafe2safe_ray.job import shard_status
 
     try:
-        st = shard_status(output)
+        st = shard_status(output, verify=verify)
     except _expected_errors() as e:
         _fail(str(e))
     if as_json:
         typer.echo(json.dumps(st))
+        if st["damaged"]:
+            raise typer.Exit(1)
         return
     typer.echo(f"input    {st['input_uri']}  ({st['images']} images, {st['shards']} shards)")
     typer.echo(f"committed     {len(st['committed'])}")
     typer.echo(f"pending       {len(st['pending'])}  {_ranges(st['pending'])}")
     typer.echo(f"with failures {len(st['with_failures'])}  {_ranges(st['with_failures'])}")
     typer.echo("images        " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()))
+    checked = "sizes and checksums" if st["checksums_verified"] else "sizes (add --verify for checksums)"
+    typer.echo(f"damaged       {len(st['damaged'])}  {_ranges(st['damaged'])}  [checked {checked}]")
+    for shard, problems in st["damage"].items():
+        for problem in problems:
+            typer.echo(f"  shard {shard}: {problem}")
+    if st["unverifiable"]:
+        typer.echo(f"unverifiable  {len(st['unverifiable'])}  {_ranges(st['unverifiable'])}  "
+                   "(markers from before sizes and checksums; only presence checked)")
+    if st["damaged"]:
+        typer.secho(f"{len(st['damaged'])} damaged shard(s); rewrite them with "
+                    "`unsafe2safe run ... --shards damaged`", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 def _ranges(items: list[int]) -> str:

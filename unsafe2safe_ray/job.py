@@ -1,7 +1,9 @@
 """The driver: the one place that assembles the Dataset.
 
-Steps: 1. plan, 2. select shards, 3. clean orphans, 4. read + decode, 5. profile stages,
-6. write parts, 7. commit each shard as soon as all its rows are written, 8. run report.
+Steps: 0. take the output's lease (one writer per output), 1. plan, 2. select shards (refusing
+a changed config or a reused run id), 3. clean up debris, 4. read + decode, 5. profile stages,
+6. write parts, 7. commit each shard as soon as all its rows are written, 8. run report,
+9. release the lease (also on error).
 
 The driver never collects the dataset: it streams small summary rows (key, shard, status, files)
 and keeps per-shard bookkeeping only for shards still in flight.
@@ -29,7 +31,9 @@ from unsafe2safe_ray.stages.load_captions import LoadCaptionsStage
 from unsafe2safe_ray.stages.write import WriteStage
 from unsafe2safe_ray.storage import commits as commit_store
 from unsafe2safe_ray.storage import fs as storage
-from unsafe2safe_ray.storage.layout import OutputLayout
+from unsafe2safe_ray.storage import lease as lease_store
+from unsafe2safe_ray.storage.layout import COMMITS, DATA_DIRS, PLAN, RUNS, OutputLayout
+from unsafe2safe_ray.storage.redact import redact_value
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class ShardTracker:
     keys: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     files: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    file_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> size, sha256
 
 
 @dataclass
@@ -62,6 +67,9 @@ class RunResult:
     counts: dict[str, int]
     seconds: float
     stage_seconds: dict[str, float]
+    # failed_by_stage {stage: rows}, safety_net_flags (rows only the detectors flagged) and
+    # verification (required / enabled / skipped checks), shown by `run` and in _runs/.
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -75,6 +83,7 @@ class RunResult:
             "images": sum(self.counts.values()), "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            **self.details,
         }
 
 
@@ -167,12 +176,22 @@ def run_job(
     run_id: str | None = None,
     stages: str = "all",
     progress: Callable[[dict[str, Any]], None] | None = None,
+    allow_config_change: bool = False,
+    break_lease: bool = False,
 ) -> RunResult:
     """Anonymize ``input_uri`` into ``output_uri``; returns what was committed.
 
     Reruns with the same output process only what ``shards`` selects (see ``select_shards``).
     ``stages="inspect"`` runs Stage 1 only (flagged rows wait, withheld, as failed rows);
     ``stages="edit"`` takes such an output as ``input_uri`` and only edits.
+
+    Raises (each with a one-line message):
+    ``storage.lease.LeaseHeldError`` when another live run writes to the output (``break_lease``
+    takes its lease anyway); ``LeaseLostError`` when this run's lease was taken over mid-run;
+    ``ConfigError`` when committed shards were made with another config digest, unless
+    ``allow_config_change`` (the markers then record the earlier digests too); ``ValueError``
+    for a malformed or already used run id; ``storage.fs.NoSpaceError`` when the output's disk
+    is full; ``PlanError`` when the input or shard size disagrees with the saved plan.
     """
     run_id = run_id or new_run_id()
     if not _RUN_ID_OK.match(run_id):
@@ -181,25 +200,80 @@ def run_job(
     layout = OutputLayout(output_uri, config.io.storage_options)
     storage.check_reachable(layout.fs, layout.root, "output")
 
-    # 1. Plan (reused on reruns; a changed input listing stops the job).
+    # 0. One writer per output: nothing below runs without the lease.
+    lease = lease_store.OutputLease(layout.fs, layout.root, run_id, config.io.lease_expiry_s)
+    lease.acquire(break_lease=break_lease)
+    lease.start_heartbeat()
+    try:
+        return _run_leased(input_uri, output_uri, config, layout, lease, shards, run_id, stages, progress,
+                           allow_config_change, start)
+    except Exception as e:
+        full = storage.no_space_error(e)
+        if full is not None:
+            raise storage.NoSpaceError(
+                f"no space left on the output's storage ({full.filename or output_uri}): free space or raise "
+                "the quota, then rerun the same command; committed shards are kept and the rerun removes "
+                "partial files") from e
+        raise
+    finally:
+        lease.release()
+
+
+def _run_leased(input_uri: str, output_uri: str, config: JobConfig, layout: OutputLayout,
+                lease: lease_store.OutputLease, shards: str, run_id: str, stages: str,
+                progress: Callable[[dict[str, Any]], None] | None, allow_config_change: bool,
+                start: float) -> RunResult:
+    """Steps 1-8 of ``run_job``, run while holding ``lease``."""
+    if layout.fs.exists(layout.run_report(run_id)):
+        raise ValueError(f"run id {run_id!r} was already used on {output_uri} ({layout.run_report(run_id)} "
+                         "exists); pick a new --run-id (with ray job submit: a new --submission-id)")
+    # 1. Plan (reused on reruns; a changed input listing stops the job). Without an explicit
+    # shard size the saved plan's is used.
     if stages == "edit":
         plan = plan_from_output(layout, OutputLayout(input_uri, config.io.storage_options))
     else:
-        plan = make_or_load_plan(layout, input_uri, config.io.shard_size, config.io.storage_options)
+        shard_size = config.io.shard_size
+        if "shard_size" not in config.io.model_fields_set:
+            saved = load_plan(layout)
+            shard_size = saved.shard_size if saved is not None else shard_size
+        plan = make_or_load_plan(layout, input_uri, shard_size, config.io.storage_options,
+                                 config.io.allow_input_prefixes)
     # 2. Select shards.
     existing = commit_store.read_commits(layout)
-    selected = select_shards(shards, plan, existing)
-    # 3. Orphans of selected shards (parts of killed runs) go; committed files stay until replaced.
+    # No silent mix of configs: committed shards made with another config digest stop the run.
+    digest = config.digest()
+    earlier_digests = _earlier_digests(existing, digest)
+    others = sorted({m.get("config_digest") for m in existing.values()} - {digest, None})
+    if others and not allow_config_change:
+        from unsafe2safe_ray.config import ConfigError
+
+        raise ConfigError(
+            f"{sum(m.get('config_digest') in others for m in existing.values())} committed shard(s) in "
+            f"{output_uri} were made with another config (digest {', '.join(others)}; this run {digest}); rerun "
+            "with the same profile, --config and --set, write to a new --output, or pass --allow-config-change "
+            "to mix them on purpose")
+    selected = select_shards(shards, plan, existing, layout)
+    # A reused run id would rewrite its committed files in place (part names carry the run id).
+    reused = sorted(s for s in selected if s in existing and existing[s].get("run_id") == run_id)
+    if reused:
+        raise ValueError(f"run id {run_id!r} already committed shard(s) {reused[:5]} of {output_uri}; "
+                         "reprocessing them needs a new --run-id")
+    # 3. Clean up: unreferenced parts of the selected shards that this run wrote or that predate
+    # its lease (killed runs), and temporary parts of failed writes. Committed files stay.
     committed_files = set().union(*(commit_store.referenced_files(m) for m in existing.values()))
-    orphans = commit_store.data_files_of_shards(layout, set(selected)) - committed_files
-    commit_store.remove_files(layout, orphans)
+    debris = lease_store.removable_files(layout.fs, layout.root, (*DATA_DIRS, COMMITS, RUNS, PLAN),
+                                         set(selected), committed_files, lease)
+    temporary = {rel for rel in debris if lease_store.is_temporary(rel)}
+    commit_store.remove_files(layout, debris - temporary)
+    lease_store.remove_temporary(layout.fs, layout.root, temporary)
 
     trackers = {s: ShardTracker(plan.shard_counts[s]) for s in selected}
     totals: dict[str, int] = defaultdict(int)
+    failed_by_stage: dict[str, int] = defaultdict(int)
+    safety_net_flags = 0
     stage_seconds: dict[str, float] = defaultdict(float)
     committed: list[int] = []
     versions = commit_store.package_versions()
-    digest = config.digest()
     report = {"run_id": run_id, "shards_total": len(selected), "shards_done": 0,
               "images_total": sum(t.expected for t in trackers.values()), "images_done": 0}
     if progress:
@@ -217,14 +291,21 @@ def run_job(
                 tracker.keys.add(row["key"])
                 tracker.counts[row["status"]] += 1
                 totals[row["status"]] += 1
-                for kind, rel in json.loads(row["files"]).items():
+                if row["status"] == records.FAILED:
+                    failed_by_stage[row.get("error_stage") or "unknown"] += 1
+                safety_net_flags += row.get("flagged_by") == "detector" and "caption" in config.stages
+                for kind, rel, info in commit_store.part_files(row["files"]):
                     tracker.files[kind].add(rel)
+                    if info:
+                        tracker.file_info[rel] = info
                 for stage, secs in records.json_dict(row["stage_seconds"]).items():
                     stage_seconds[stage] += secs
                 report["images_done"] += 1
                 # 7. Commit as soon as the shard is complete.
                 if len(tracker.keys) == tracker.expected:
-                    _commit(layout, row["shard"], tracker, run_id, digest, versions, existing.get(row["shard"]))
+                    lease.check()  # never commit after the lease was taken over
+                    _commit(layout, row["shard"], tracker, run_id, digest, versions, existing.get(row["shard"]),
+                            earlier_digests)
                     del trackers[row["shard"]]
                     committed.append(row["shard"])
                     report["shards_done"] += 1
@@ -233,26 +314,57 @@ def run_job(
 
     result = RunResult(run_id, output_uri, selected, sorted(committed), sorted(trackers),
                        {s: totals.get(s, 0) for s in records.FINAL_STATUSES},
-                       time.perf_counter() - start, dict(stage_seconds))
+                       time.perf_counter() - start, dict(stage_seconds),
+                       {"failed_by_stage": dict(failed_by_stage), "safety_net_flags": int(safety_net_flags),
+                        "verification": verification_summary(config)})
     # 8. Run report.
-    storage.write_json(layout.fs, layout.run_report(run_id),
+    lease.check()
+    # No secrets at rest: credentials in the config and URIs are redacted (storage.redact).
+    storage.write_json(layout.fs, layout.run_report(run_id), redact_value(
                        dict(result.to_json(), plan=plan.to_json() | {"shard_counts": None},
-                            config=config.model_dump(mode="json"), config_digest=digest, versions=versions))
+                            config=config.model_dump(mode="json"), config_digest=digest,
+                            previous_config_digests=earlier_digests, versions=versions)))
     return result
 
 
+def verification_summary(config: JobConfig) -> dict[str, Any]:
+    """Which privacy checks the config requires, runs and skips: switching verification off is
+    always visible in the run report and in ``status``."""
+    edits = "edit" in config.stages
+    enabled = config.verify.enabled_checks() if edits and config.edit.verify else []
+    return {"required": list(config.verify.required_checks) if edits else [], "enabled": enabled,
+            "skipped": [c for c in ("faces", "text") if edits and c not in enabled]}
+
+
+def _earlier_digests(markers: dict[int, dict[str, Any]], digest: str) -> list[str]:
+    """Config digests other than ``digest`` that committed markers were made with or record."""
+    seen: set[str] = set()
+    for m in markers.values():
+        seen.update(d for d in [m.get("config_digest"), *m.get("previous_config_digests", [])] if isinstance(d, str))
+    return sorted(seen - {digest})
+
+
 def _commit(layout: OutputLayout, shard: int, tracker: ShardTracker, run_id: str, digest: str,
-            versions: dict[str, str], previous: dict[str, Any] | None) -> None:
+            versions: dict[str, str], previous: dict[str, Any] | None, earlier_digests: list[str] | None = None) -> None:
     counts = {"expected": tracker.expected,
               **{s: tracker.counts.get(s, 0) for s in records.FINAL_STATUSES}}
     marker = commit_store.write_commit(layout, shard, run_id, counts,
-                                       {k: list(v) for k, v in tracker.files.items()}, digest, versions)
+                                       {k: list(v) for k, v in tracker.files.items()}, digest, versions,
+                                       file_info=tracker.file_info, previous_config_digests=earlier_digests or [])
     # The new marker is in place; the replaced run's files are now unreferenced.
     commit_store.remove_files(layout, commit_store.referenced_files(previous) - commit_store.referenced_files(marker))
 
 
-def shard_status(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Committed / pending / with-failures shards and image counts, from markers only."""
+def shard_status(output_uri: str, storage_options: dict[str, Any] | None = None,
+                 verify: bool = False) -> dict[str, Any]:
+    """Committed / pending / with-failures / damaged shards and image counts.
+
+    Sizes of committed files are always checked against their markers (one listing per data
+    folder); ``verify`` also recomputes every file's SHA-256 (reads every committed byte).
+    ``damaged`` lists shards with a missing, resized or altered file (``damage`` says which file
+    and how; rerun them with ``--shards damaged``); ``unverifiable`` lists shards whose markers
+    predate sizes and checksums. Raises ``MarkerError`` for a marker that fails validation.
+    """
     layout = OutputLayout(output_uri, storage_options or {})
     storage.check_reachable(layout.fs, layout.root, "output")
     plan: Plan | None = load_plan(layout)
@@ -263,6 +375,7 @@ def shard_status(output_uri: str, storage_options: dict[str, Any] | None = None)
     for m in markers.values():
         for k in records.FINAL_STATUSES:
             counts[k] += m["counts"].get(k, 0)
+    damage, unverifiable = commit_store.verify_markers(layout, markers, checksums=verify)
     return {
         "input_uri": plan.input_uri,
         "images": plan.num_images,
@@ -271,4 +384,8 @@ def shard_status(output_uri: str, storage_options: dict[str, Any] | None = None)
         "pending": [s for s in range(plan.num_shards) if s not in markers],
         "with_failures": sorted(s for s, m in markers.items() if m["counts"].get("failed", 0)),
         "counts": {k: counts.get(k, 0) for k in records.FINAL_STATUSES},
+        "damaged": sorted(damage),
+        "damage": {str(s): problems for s, problems in damage.items()},
+        "unverifiable": unverifiable,
+        "checksums_verified": verify,
     }

@@ -133,3 +133,20 @@ def test_edit_all_instructs_unflagged_rows(rows):
     stage.setup()
     out = run_rows(stage, rows)
     assert len(stage.engine.calls) == 3 and all(r["edit_instruction"] for r in out)
+
+
+def test_a_detector_hit_keeps_the_row_flagged_when_the_vlm_calls_it_safe(fake_config, rows):
+    """The detect stage runs before the VLM in the generative profiles: its hit is a safety
+    net, so one model's miss is not a leak; the row records who flagged it."""
+    from unsafe2safe_ray.stages.detect import fill_detection_columns
+
+    face = {"category": "people", "bbox": [2, 2, 20, 20], "score": 0.9, "source": "detector", "kind": "face"}
+    fill_detection_columns(rows[0], [face], fake_config)
+    fill_detection_columns(rows[1], [], fake_config)
+    answers = iter([_answer(False), _answer(False), _answer(True, ["health"])])
+    stage = _caption_stage(fake_config, lambda req: next(answers))
+    out = run_rows(stage, rows)
+    assert [r["privacy_flag"] for r in out] == [True, False, True]
+    assert [r["flagged_by"] for r in out] == ["detector", "", "vlm"]
+    assert json.loads(out[0]["categories"]) == ["people"]
+    assert json.loads(out[0]["regions"])[0]["bbox"] == [2, 2, 20, 20]  # the verifier checks it

@@ -202,3 +202,34 @@ def test_no_row_is_published_as_edited_with_its_sensitive_pixels_unchanged(edito
     assert_never_published_unchanged(row, original, out)
     if editor == "identity":
         assert out["status"] == records.FAILED  # nothing changed anywhere: never "edited"
+
+
+# -- verification honesty ---------------------------------------------------------------------------
+
+def test_switching_a_required_check_off_is_refused_with_what_to_do():
+    from unsafe2safe_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"verify.check_faces is off .*required_checks"):
+        load_config("cpu", overrides=["verify.check_faces=false"])
+    with pytest.raises(ConfigError, match=r"edit.verify is off"):
+        load_config("cpu", overrides=["edit.verify=false"])
+    assert load_config("cpu", overrides=["verify.check_faces=false", "verify.required_checks=[text]"])
+
+
+def test_a_check_that_did_not_run_is_recorded_as_skipped_and_never_as_verified():
+    stage = edit_stage("edit.editor=classic", "edit.verify=true", "verify.check_faces=false", "verify.check_text=false",
+                       "verify.required_checks=[]")
+    [out] = run_rows(stage, [make_row("a", regions=[FACE])])
+    info = json.loads(out["verification"])
+    assert out["status"] == records.EDITED
+    assert info["ok"] is None and info["verified"] is False  # nothing checked: not "ok"
+    assert info["checks_run"] == [] and info["checks_skipped"] == ["faces", "text"]
+
+
+def test_the_run_report_says_which_checks_were_skipped():
+    from unsafe2safe_ray.config import load_config
+    from unsafe2safe_ray.job import verification_summary
+
+    config = load_config("cpu", overrides=["verify.check_faces=false", "verify.required_checks=[text]"])
+    assert verification_summary(config) == {"required": ["text"], "enabled": ["text"], "skipped": ["faces"]}
+    assert verification_summary(load_config("cpu"))["skipped"] == []

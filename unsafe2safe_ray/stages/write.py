@@ -15,16 +15,20 @@ import pyarrow as pa
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.detectors import text_leaks
-from unsafe2safe_ray.imaging import encode_image
+from unsafe2safe_ray.imaging import encode_image, unpack_passthrough
 from unsafe2safe_ray.stages.base import Resources, Stage, map_batches_kwargs
 from unsafe2safe_ray.stages.load_captions import INSPECT_ONLY_ERROR
 from unsafe2safe_ray.storage.layout import OutputLayout
 from unsafe2safe_ray.storage.sink import Sample, write_part
+from unsafe2safe_ray.storage.redact import redact_text, redact_uri
 
 SUMMARY_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.int64()), ("status", pa.string()),
     ("files", pa.string()), ("stage_seconds", pa.string()),
+    ("error_stage", pa.string()), ("flagged_by", pa.string()),
 ])
+# ``files``: JSON {kind: {"path", "size", "sha256"}} of the part holding the row (the same for
+# every row of a part); the driver copies sizes and checksums into the shard's commit marker.
 
 
 WITHHELD_ERROR = "flagged image was not edited; its original pixels are withheld"
@@ -73,15 +77,21 @@ class WriteStage(Stage):
         if row["status"] != records.FAILED:
             try:
                 ext = self.output_format(row)
-                image_bytes = encode_image(records.get_image(row), ext, self.config.io.jpeg_quality)
+                # An unchanged passed JPEG: its own compressed data, metadata removed (lossless).
+                copy = (unpack_passthrough(row.get("passthrough"), row.get("image"))
+                        if row["status"] == records.PASSED and ext == "jpg" else None)
+                image_bytes = copy or encode_image(records.get_image(row), ext, self.config.io.jpeg_quality)
             except Exception as e:  # noqa: BLE001 - becomes a failed row
                 row = records.fail(row, f"encode: {type(e).__name__}: {e}")
                 image_bytes = ext = None
         categories = records.json_list(row.get("categories"))
-        sidecar = {"key": row["key"], "source_uri": row["source_uri"], "label": row.get("label"),
+        # Published URIs and errors carry no credentials or signed-URL queries (storage.redact).
+        public_uri = redact_uri(row["source_uri"])
+        sidecar = {"key": row["key"], "source_uri": public_uri, "label": row.get("label"),
                    "status": row["status"], "privacy_flag": bool(row.get("privacy_flag")),
                    "categories": categories}
         caption_row = {name: row.get(name) for name in records.CAPTIONS_SCHEMA.names}
+        caption_row.update(source_uri=public_uri, error=redact_text(caption_row.get("error")))
         caption_row.update(categories=categories, privacy_flag=bool(row.get("privacy_flag")), run_id=self.run_id,
                            regions=records.public_regions(row.get("regions")))
         private_row = {name: row.get(name) for name in records.PRIVATE_SCHEMA.names}
@@ -98,7 +108,9 @@ class WriteStage(Stage):
             files = json.dumps(write_part(self.layout, shard, self.run_id, samples))
             for row, sample in zip(rows, samples):
                 out.append({"key": sample.key, "shard": shard, "status": sample.caption_row["status"],
-                            "files": files, "stage_seconds": row.get("stage_seconds")})
+                            "files": files, "stage_seconds": row.get("stage_seconds"),
+                            "error_stage": sample.caption_row.get("error_stage") or "",
+                            "flagged_by": row.get("flagged_by") or ""})
         return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)
 
     def apply(self, ds: Any) -> Any:
