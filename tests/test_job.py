@@ -23,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def _config(*overrides: str, profile: str = "none"):
-    return load_config(profile, overrides=["io.shard_size=4", "io.read_batch_size=4", *overrides])
+    # The hostile corpus expects the opt-in size limits (tiny.png, extreme_aspect.png fail).
+    return load_config(profile, overrides=["io.shard_size=4", "io.read_batch_size=4", "io.min_side=8",
+                                           "io.max_aspect_ratio=40", *overrides])
 
 
 def _all_caption_rows(out: Path) -> list[dict]:

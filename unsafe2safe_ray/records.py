@@ -56,6 +56,9 @@ PIPELINE_SCHEMA = pa.schema(
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("image", pa.binary()),
+        # decode: a digest of ``image`` + the source JPEG without metadata (imaging.pack_passthrough);
+        # the writer copies it for a passed row whose pixels no stage changed (lossless).
+        ("passthrough", pa.binary()),
         ("privacy_flag", pa.bool_()),
         ("flagged_by", pa.string()),  # vlm, detector, vlm+detector: who flagged the row
         ("categories", pa.string()),  # JSON list[str]
@@ -162,6 +165,7 @@ def fail(row: dict[str, Any], error: str, stage: str | None = None) -> dict[str,
     row["error"] = error[:2000]
     row["error_stage"] = stage
     row["image"] = None
+    row["passthrough"] = None
     return row
 
 

@@ -6,7 +6,7 @@ import hashlib
 import io
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from unsafe2safe_ray.plan.listing import InputListing, list_input
 from unsafe2safe_ray.storage import fs as storage
 from unsafe2safe_ray.storage.layout import OutputLayout
+from unsafe2safe_ray.storage.redact import redact_uri
 
 PLAN_VERSION = 1
 PLAN_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.int64()),
@@ -35,6 +36,9 @@ class Plan:
     shard_size: int
     shard_counts: list[int]
     listing_digest: str
+    # Files the listing skipped, by reason, and duplicate spellings dropped (see plan.listing).
+    skipped: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
 
     @property
     def num_shards(self) -> int:
@@ -42,16 +46,18 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": PLAN_VERSION, "input_uri": self.input_uri, "kind": self.kind,
+            "version": PLAN_VERSION, "input_uri": redact_uri(self.input_uri), "kind": self.kind,
             "num_images": self.num_images, "shard_size": self.shard_size,
             "num_shards": self.num_shards, "shard_counts": self.shard_counts,
             "listing_digest": self.listing_digest, "created_at": time.time(),
+            "skipped": dict(self.skipped), "duplicates": self.duplicates,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Plan":
         return cls(data["input_uri"], data["kind"], data["num_images"], data["shard_size"],
-                   list(data["shard_counts"]), data["listing_digest"])
+                   list(data["shard_counts"]), data["listing_digest"], dict(data.get("skipped") or {}),
+                   int(data.get("duplicates") or 0))
 
 
 def image_key(index: int) -> str:
@@ -70,9 +76,10 @@ def listing_digest(listing: InputListing) -> str:
 
 
 def make_or_load_plan(layout: OutputLayout, input_uri: str, shard_size: int,
-                      storage_options: dict[str, Any] | None = None) -> Plan:
-    """Load ``_plan/`` if present and check the input still lists the same; else create it."""
-    listing = list_input(input_uri, storage_options)
+                      storage_options: dict[str, Any] | None = None, allow_prefixes: list[str] | tuple = ()) -> Plan:
+    """Load ``_plan/`` if present and check the input still lists the same; else create it.
+    ``allow_prefixes``: where a manifest may point besides its own folder (``plan.listing``)."""
+    listing = list_input(input_uri, storage_options, allow_prefixes)
     digest = listing_digest(listing)
     saved = load_plan(layout)
     if saved is not None:
@@ -89,7 +96,8 @@ def make_or_load_plan(layout: OutputLayout, input_uri: str, shard_size: int,
             )
         return saved
     counts = [min(shard_size, len(listing.uris) - start) for start in range(0, len(listing.uris), shard_size)]
-    plan = Plan(input_uri, listing.kind, len(listing.uris), shard_size, counts, digest)
+    plan = Plan(input_uri, listing.kind, len(listing.uris), shard_size, counts, digest, listing.skipped,
+                listing.duplicates)
     table = pa.table({
         "key": [image_key(i) for i in range(len(listing.uris))],
         "shard": [i // shard_size for i in range(len(listing.uris))],

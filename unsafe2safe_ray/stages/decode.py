@@ -1,7 +1,9 @@
 """``decode``: read each planned file, decode, validate and normalize it (always the first stage).
 
 Storage read errors are retried (``io.read_retries``), then recorded; a hostile file becomes a
-failed row with a clear error while the job goes on.
+failed row with a clear error while the job goes on. Reads are bounded (``storage.reads``): only
+regular files, at most ``io.max_file_bytes`` (checked from the size before reading) and
+``io.read_timeout_s`` per attempt. Errors pass through ``storage.redact`` (they are published).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from unsafe2safe_ray import records
-from unsafe2safe_ray.imaging import DecodeLimits, ImageRejected, decode_image
+from unsafe2safe_ray.imaging import DecodeLimits, ImageRejected, decode, pack_passthrough
 from unsafe2safe_ray.stages.base import Resources, Stage
 from unsafe2safe_ray.storage import fs as storage
+from unsafe2safe_ray.storage.reads import read_bounded
+from unsafe2safe_ray.storage.redact import redact_text
 
 
 class DecodeStage(Stage):
@@ -34,16 +38,22 @@ class DecodeStage(Stage):
             planned["key"], planned["shard"], planned["source_uri"], planned.get("label"),
             records.derive_seed(self.config.seed, planned["key"]))
         try:
-            fs, path = storage.filesystem(row["source_uri"], self.config.io.storage_options)
-            data = storage.read_bytes(fs, path, retries=self.config.io.read_retries)
+            io_cfg = self.config.io
+            fs, path = storage.filesystem(row["source_uri"], io_cfg.storage_options)
+            data = read_bounded(fs, path, io_cfg.max_file_bytes, io_cfg.read_timeout_s, io_cfg.read_retries)
         except FileNotFoundError:
             return records.fail(row, "read: file not found")
         except storage.StorageError as e:
-            return records.fail(row, f"read: {e}")
+            return records.fail(row, f"read: {redact_text(str(e))}")
+        # A passed JPEG is written from its own compressed data (lossless, metadata removed) when
+        # the output is JPEG too; the writer checks that no stage changed the pixels.
+        want_copy = self.config.io.output_format in ("auto", "jpg")
         try:
-            pixels, lossless = decode_image(data, self.limits)
+            decoded = decode(data, self.limits, passthrough=want_copy)
         except ImageRejected as e:
-            return records.fail(row, f"decode: {e}")
-        records.set_image(row, pixels)
-        row["lossless"] = lossless
+            return records.fail(row, f"decode: {redact_text(str(e))}")
+        records.set_image(row, decoded.pixels)
+        row["lossless"] = decoded.lossless
+        if decoded.passthrough is not None:
+            row["passthrough"] = pack_passthrough(row["image"], decoded.passthrough)
         return row
