@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.storage import fs as storage
+from unsafe2safe_ray.storage.commits import file_entry
 from unsafe2safe_ray.storage.layout import CAPTIONS, IMAGES, PRIVATE, OutputLayout
 
 
@@ -61,8 +62,10 @@ def _parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     return buf.getvalue()
 
 
-def write_part(layout: OutputLayout, shard: int, run_id: str, samples: list[Sample]) -> dict[str, str]:
-    """Write one part of ``shard``; returns {"images"|"captions"|"private": relative path}."""
+def write_part(layout: OutputLayout, shard: int, run_id: str, samples: list[Sample]) -> dict[str, dict[str, Any]]:
+    """Write one part of ``shard``; returns {"images"|"captions"|"private": {"path": relative
+    path, "size": bytes, "sha256": hex digest}} (``commits.file_entry``), computed from the very
+    bytes written, so that the commit marker can record them."""
     stem = layout.part_stem(shard, run_id, part_id([s.key for s in samples]))
     tar_rel = f"{IMAGES}/{stem}.tar"
     for s in samples:
@@ -77,4 +80,4 @@ def write_part(layout: OutputLayout, shard: int, run_id: str, samples: list[Samp
     }
     for rel, data in files.values():
         storage.atomic_write(layout.fs, layout.path(rel), data)
-    return {kind: rel for kind, (rel, _) in files.items()}
+    return {kind: file_entry(rel, data) for kind, (rel, data) in files.items()}
