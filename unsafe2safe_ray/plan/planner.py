@@ -146,7 +146,7 @@ def parse_shard_list(spec: str, num_shards: int) -> list[int]:
     for part in spec.split(","):
         m = _RANGE.match(part.strip())
         if not m:
-            raise PlanError(f"--shards: cannot parse {part!r}; use pending, failed, all or a list like 3,7-9")
+            raise PlanError(f"--shards: cannot parse {part!r}; use pending, failed, damaged, all or a list like 3,7-9")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) else lo
         if hi < lo:
@@ -157,13 +157,21 @@ def parse_shard_list(spec: str, num_shards: int) -> list[int]:
     return sorted(out)
 
 
-def select_shards(spec: str, plan: Plan, commits: dict[int, dict]) -> list[int]:
+def select_shards(spec: str, plan: Plan, commits: dict[int, dict], layout: OutputLayout | None = None) -> list[int]:
     """Shards to (re)process: ``pending`` (no commit), ``failed`` (committed with failed rows),
-    ``all``, or an explicit list."""
+    ``damaged`` (committed with a file that is missing, resized or altered: what
+    ``unsafe2safe status --verify`` lists; needs ``layout`` and reads every committed byte),
+    ``all``, or an explicit list. Raises ``PlanError`` for a spec it cannot parse."""
     if spec == "pending":
         return [s for s in range(plan.num_shards) if s not in commits]
     if spec == "failed":
         return sorted(s for s, c in commits.items() if c["counts"]["failed"] > 0)
+    if spec == "damaged":
+        if layout is None:
+            raise PlanError("--shards damaged needs the output to check")
+        from unsafe2safe_ray.storage.commits import damaged_shards
+
+        return [s for s in damaged_shards(layout, commits, checksums=True) if s < plan.num_shards]
     if spec == "all":
         return list(range(plan.num_shards))
     return parse_shard_list(spec, plan.num_shards)
