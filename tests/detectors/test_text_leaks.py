@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from conftest import load_example
+from PIL import Image
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.config import TextLeaksConfig, load_config
@@ -183,8 +184,8 @@ def test_config_section_is_typed():
         load_config("none", overrides=["publish.text_leaks.colour=red"])
 
 
-def test_plate_read_from_the_example_image_is_redacted(text_detector):
-    lines = text_detector.read(load_example("licence_plate.jpg"))
+def test_plate_read_from_the_example_image_is_redacted(text_detector, sample_images):
+    lines = text_detector.read(np.asarray(Image.open(sample_images / "licence_plate.jpg").convert("RGB")))
     row = _row(regions=json.dumps([{"category": "text_and_symbols", "bbox": line.bbox, "text": line.text}
                                    for line in lines]),
                public_caption="a red car whose plate reads kx 482 tb on a grey road")
