@@ -180,3 +180,6 @@ def test_s3_marker_naming_another_bucket_deletes_nothing_there(s3_server, s3_buc
     fs.invalidate_cache()
     assert run_job(str(tmp_path / "in"), out, cfg, shards="0", run_id="again").committed_shards == [0]
     assert len({o["Key"] for o in s3.list_objects_v2(Bucket=other)["Contents"]}) == 2
+    # Sizes and checksums hold on S3 too.
+    st = shard_status(out, options, verify=True)
+    assert st["committed"] == [0, 1] and st["damaged"] == [] and st["unverifiable"] == []
