@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from unsafe2safe_ray import records
@@ -99,6 +100,9 @@ IBAN_LENGTHS = {
 }
 _UPPER_GROUP = re.compile(r"[A-Z0-9]+")
 _PLATE_SEPARATORS = frozenset(" -.\u00b7")
+# No valid phone number has fewer digits (short codes are not identifiers); skipping texts with
+# fewer saves the phone matcher's cost on most captions.
+_MIN_PHONE_DIGITS = 5
 
 
 @dataclass(frozen=True)
@@ -217,28 +221,35 @@ def row_evidence(row: dict[str, Any], min_chars: int = 4, min_name_chars: int = 
 # -- finding -------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
+def _normalized_char(ch: str) -> str:
+    return normalize_text(ch)
+
+
 def _normalized_with_index(text: str) -> tuple[str, list[int]]:
     """``normalize_text`` applied character by character, with each kept character's position in
     ``text``: fuzzy matches on the normalized form map back to spans of the original."""
     chars: list[str] = []
     index: list[int] = []
     for i, ch in enumerate(text):
-        for c in normalize_text(ch):
+        for c in _normalized_char(ch):
             chars.append(c)
             index.append(i)
     return "".join(chars), index
 
 
-def fuzzy_spans(text: str, needle: str, threshold: float = 85.0, max_hits: int = 20) -> list[tuple[int, int]]:
+def fuzzy_spans(text: str, needle: str, threshold: float = 85.0, max_hits: int = 20,
+                normalized: tuple[str, list[int]] | None = None) -> list[tuple[int, int]]:
     """Spans of ``text`` whose words read like ``needle`` (a normalized form), case-, space- and
     punctuation-insensitively. A partial alignment is grown to whole words and accepted when the
     words' normalized form has a rapidfuzz ratio of at least ``threshold`` with the needle, so
-    "rest" is not found inside "forest"."""
+    "rest" is not found inside "forest". ``normalized`` is ``_normalized_with_index(text)`` when
+    the caller already has it."""
     from rapidfuzz import fuzz
 
     if not needle:
         return []
-    norm, index = _normalized_with_index(text)
+    norm, index = normalized or _normalized_with_index(text)
     masked = norm
     spans: list[tuple[int, int]] = []
     for _ in range(max_hits):
@@ -368,19 +379,20 @@ def find_leaks(text: str | None, evidence: Evidence, settings: Any = None) -> li
     def add(kind: str, spans) -> None:
         leaks.extend(Leak(kind, s, e) for s, e in spans)
 
+    normalized = _normalized_with_index(text)
     if "ocr_text" in kinds:
         for needle in evidence.ocr:
-            add("ocr_text", fuzzy_spans(text, needle, settings.fuzzy_threshold))
+            add("ocr_text", fuzzy_spans(text, needle, settings.fuzzy_threshold, normalized=normalized))
     if "name" in kinds:
         for needle in evidence.names:
-            add("name", fuzzy_spans(text, needle, settings.fuzzy_threshold))
+            add("name", fuzzy_spans(text, needle, settings.fuzzy_threshold, normalized=normalized))
     if "email" in kinds:
         add("email", email_spans(text))
     if "card" in kinds:
         add("card", card_spans(text))
     if "iban" in kinds:
         add("iban", iban_spans(text))
-    if "phone" in kinds:
+    if "phone" in kinds and sum(c.isdigit() for c in text) >= _MIN_PHONE_DIGITS:
         add("phone", phone_spans(text, settings.phone_regions))
     if "plate" in kinds:
         add("plate", plate_spans(text))
