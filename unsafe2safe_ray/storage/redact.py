@@ -88,8 +88,11 @@ def redact_text(text: str) -> str:
     text = _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
 
     def pair(m: re.Match) -> str:
-        if not is_secret_key(m.group("name")):
+        name = m.group("name")
+        if not is_secret_key(name):
             return m.group(0)
+        if name.lower() in ("key", "keys") and m.group("k")[:1] not in ("'", '"'):
+            return m.group(0)  # prose ("expects key=value"); a dict repr quotes its keys
         v = m.group("v")
         quote = v[0] if v[:1] in ("'", '"') else ""
         return f"{m.group('k')}{quote}{REDACTED}{quote}"
