@@ -91,8 +91,8 @@ def make_or_load_plan(layout: OutputLayout, input_uri: str, shard_size: int,
             )
         if shard_size != saved.shard_size:
             raise PlanError(
-                f"--shard-size {shard_size} differs from the saved plan's {saved.shard_size}; "
-                "drop --shard-size to reuse the plan, or write to a new --output."
+                f"shard size {shard_size} (--shard-size or io.shard_size) differs from the saved plan's "
+                f"{saved.shard_size}; give no shard size to reuse the plan, or write to a new --output."
             )
         return saved
     counts = [min(shard_size, len(listing.uris) - start) for start in range(0, len(listing.uris), shard_size)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -13,8 +14,34 @@ import fsspec
 from fsspec.core import url_to_fs
 
 
+# Temporary names of local atomic writes; the next run's clean-up removes any left behind.
+TEMP_PREFIX = ".tmp-"
+
+
 class StorageError(RuntimeError):
     """Storage that cannot be reached or used; the message says what to check."""
+
+
+class NoSpaceError(StorageError):
+    """The output's disk (or quota) is full (``ENOSPC`` / ``EDQUOT``); the message says what to do."""
+
+
+def no_space_error(exc: BaseException | None) -> OSError | None:
+    """The ``ENOSPC`` / ``EDQUOT`` OSError behind ``exc`` (following ``__cause__``, ``__context__``
+    and Ray's ``.cause``), or None. Ray re-raises worker errors wrapped; this finds them."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        if isinstance(e, BaseException) and "No space left on device" in str(e) and not isinstance(e, OSError):
+            stack.append(OSError(errno.ENOSPC, str(e)))
+        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    return None
 
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -39,18 +66,31 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
     Local files go to a temporary name in the same directory and are renamed; object stores
     get a single PUT (an object becomes visible only when its upload completes).
+    A failed local write (a full disk raises ``OSError`` ``ENOSPC``) removes its temporary
+    file before the error propagates; one left by a killed process is removed by the next run.
     """
     if is_local(fs):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
+        try:
+            _write_local(tmp, data)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     else:
         fs.pipe_file(path, data)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, payload: Any) -> None:
