@@ -327,3 +327,24 @@ def test_passed_jpegs_are_written_pixel_identical(tmp_path):
         assert b"SERIAL-123456" not in data and b"secret-xmp" not in data
     with Image.open(io.BytesIO(members[rows["rot.jpg"]["image_member"]])) as rot:
         assert rot.size == (20, 40)  # rotation applied: re-encoded, not copied
+
+
+def test_changed_pixels_are_encoded_not_copied(tmp_path):
+    from unsafe2safe_ray.stages.write import WriteStage
+    from unsafe2safe_ray.storage.layout import OutputLayout
+
+    jpeg_with_gps(tmp_path / "g.jpg", 64, 48)
+    [row] = _decode_rows([f"file://{tmp_path / 'g.jpg'}"])
+    copy = decode((tmp_path / "g.jpg").read_bytes(), DecodeLimits(), passthrough=True).passthrough
+    stage = WriteStage(load_config("none"), OutputLayout(str(tmp_path / "out")), "r")
+    assert stage.to_sample(dict(row)).image_bytes == copy
+    # Pixels changed behind the row's back: the checksum no longer matches, so it is encoded.
+    changed = dict(row, image=bytes(255 - b for b in row["image"]))
+    written = stage.to_sample(changed).image_bytes
+    assert written != copy
+    assert np.abs(np.asarray(Image.open(io.BytesIO(written))).astype(int)
+                  - records.get_image(changed).astype(int)).mean() < 3
+    # Pixels set the normal way drop the copy at once.
+    edited = dict(row)
+    records.set_image(edited, records.get_image(row)[::-1].copy())
+    assert edited["passthrough"] is None

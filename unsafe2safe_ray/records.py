@@ -191,6 +191,7 @@ def set_image(row: dict[str, Any], image: np.ndarray, column: str = "image") -> 
     row[column] = np.ascontiguousarray(image).tobytes()
     if column == "image":
         row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
+        row["passthrough"] = None  # new pixels: the source JPEG no longer matches them
 
 
 def public_regions(value: str | None) -> str:
