@@ -175,12 +175,19 @@ class CaptionConfig(StageSection):
     # vLLM engine arguments: max_model_len, limit_mm_per_prompt, gpu_memory_utilization,
     # tensor_parallel_size, trust_remote_code, ... (transformers reads trust_remote_code only).
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Hub revision (commit hash, tag or branch) of ``model``; required with trust_remote_code
+    # unless the model is a local folder, and recorded in the run report and the config digest.
+    revision: str | None = None
     accelerator_type: str | None = None
     # Privacy criteria: None = the paper's nine categories; else {name: description} or a list
     # of "name: description" strings / known category names.
     criteria: dict[str, str] | list[str] | None = None
     # Ask for bounding boxes too (for models that ground, e.g. Qwen2.5-VL).
     regions: bool = False
+    # The frame the model's boxes come in: grid1000 (Qwen2-VL, InternVL, Qwen3-VL: 0-1000 of the
+    # image), resized_pixels (Qwen2.5-VL: absolute pixels of the processor-resized image), or
+    # auto (derived from the model id). Boxes outside the frame are dropped and counted.
+    box_frame: Literal["auto", "grid1000", "resized_pixels"] = "auto"
     # Character bounds of the answer's free text (the grammar enforces them).
     caption_chars: int = Field(400, ge=16)
     review_item_chars: int = Field(160, ge=16)
@@ -199,6 +206,8 @@ class InstructConfig(StageSection):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     threads: int = Field(0, ge=0)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Hub revision of ``model`` (see CaptionConfig.revision).
+    revision: str | None = None
     accelerator_type: str | None = None
     # Also write the public caption with the edits applied.
     combined_caption: bool = False
@@ -245,9 +254,15 @@ class EditConfig(StageSection):
     # global edits the whole image (the paper); regions blends the edit into the original only
     # inside the union of detector and VLM regions, grown by dilation (fraction of each box's
     # longer side) and feathered inward over feather pixels.
-    scope: Literal["global", "regions"] = "global"
+    # crops edits only a window around each region (grown by crop_margin x its longer side, at
+    # least crop_min_side px, overlapping windows merged) at about crop_size^2 pixels, and pastes
+    # it back inside the same feathered region mask: the cost follows the sensitive pixels.
+    scope: Literal["global", "regions", "crops"] = "global"
     dilation: float = Field(0.15, ge=0.0, le=2.0)
     feather: int = Field(8, ge=0)
+    crop_margin: float = Field(0.5, ge=0.0, le=4.0)
+    crop_min_side: int = Field(128, ge=16)
+    crop_size: int = Field(512, ge=16)
     # Verify each edited image with the privacy verifier (the verify section's settings). A leak
     # is re-edited up to `retries` times with a new seed and stronger settings, then the leaking
     # regions get the verify section's escalation method; still leaking -> failed row.
@@ -308,6 +323,80 @@ class PublishConfig(Section):
         return data
 
 
+class FinetuneConfig(Section):
+    """``finetune:``: fine-tune an InstructPix2Pix editor on a job's own (original, edited) pairs
+    (``unsafe2safe finetune``, ``unsafe2safe_ray.train``). Not part of the job's config digest."""
+
+    # Starting checkpoint: a diffusers InstructPix2Pix pipeline (hub id, local folder, tiny://name).
+    # The paper starts from MagicBrush (a diffusers conversion of it works the same way).
+    base_model: str = "timbrooks/instruct-pix2pix"
+    # How the UNet sees the two texts. fused (default, the paper's SafeAttention idea): each
+    # cross-attention attends to the instruction and to the public caption separately and adds
+    # the caption's output through a zero-initialized per-layer gate, so step 0 is exactly the
+    # base model. concat: one cross-attention over the two token sequences joined.
+    conditioning: Literal["fused", "concat"] = "fused"
+    resolution: int = Field(256, ge=16)
+    learning_rate: float = Field(1e-5, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    batch_size: int = Field(4, ge=1)  # per worker
+    gradient_accumulation: int = Field(1, ge=1)
+    steps: int = Field(5000, ge=1)  # optimizer steps
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    bf16: bool = True  # autocast to bfloat16 where a GPU runs the job; float32 on CPU
+    ema: bool = False
+    ema_decay: float = Field(0.9999, gt=0.0, lt=1.0)
+    # Classifier-free-guidance dropout as in InstructPix2Pix: these shares of the samples lose
+    # the texts only, the input image only, or both.
+    text_dropout: float = Field(0.05, ge=0.0, le=1.0)
+    image_dropout: float = Field(0.05, ge=0.0, le=1.0)
+    both_dropout: float = Field(0.05, ge=0.0, le=1.0)
+    random_flip: bool = True
+    # Pair filter: keep a pair when CLIP(edited, public caption) >= min_clip_ratio x
+    # CLIP(original, private caption) and the verifier passed it without a classic fallback.
+    min_clip_ratio: float = Field(0.7, ge=0.0)
+    clip_model: str = "openai/clip-vit-large-patch14"
+    filter_batch_size: int = Field(16, ge=1)
+    filter_num_gpus: float = Field(0.0, ge=0.0)
+    # Ray Train: workers (DDP), GPUs (None = use them when the cluster has any), CPUs per worker.
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool | None = None
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    shuffle_buffer: int = Field(64, ge=0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _dropout_shares(self) -> "FinetuneConfig":
+        if self.text_dropout + self.image_dropout + self.both_dropout > 1.0:
+            raise ValueError("text_dropout + image_dropout + both_dropout must not exceed 1")
+        return self
+
+
+class UtilityConfig(Section):
+    """``utility:``: ``unsafe2safe utility --mode mae-finetune``, the paper's classifier recipe
+    (MAE ViT-B/16, fine-tuned end to end). The Unsafe2Safe paper does not state its optimizer
+    settings; the defaults are MAE's own ViT-B fine-tuning recipe (He et al. 2022)."""
+
+    mae_model: str = "facebook/vit-mae-base"
+    image_size: int = Field(224, ge=16)
+    epochs: int = Field(100, ge=1)
+    warmup_epochs: int = Field(5, ge=0)
+    # Learning rate = base_learning_rate x effective batch / 256 (MAE's scaling rule).
+    base_learning_rate: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    layer_decay: float = Field(0.65, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1)  # per worker
+    gradient_accumulation: int = Field(1, ge=1)
+    randaugment_ops: int = Field(2, ge=0)
+    randaugment_magnitude: int = Field(9, ge=0)
+    bf16: bool = True
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool | None = None
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    seed: int = 0
+
+
 class JobConfig(Section):
     """The whole job. ``stages`` is the ordered stage list between decode and write."""
 
@@ -323,6 +412,8 @@ class JobConfig(Section):
     instruct: InstructConfig = Field(default_factory=InstructConfig)
     edit: EditConfig = Field(default_factory=EditConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    utility: UtilityConfig = Field(default_factory=UtilityConfig)
 
     @model_validator(mode="after")
     def _known_stages(self) -> "JobConfig":
@@ -353,12 +444,33 @@ class JobConfig(Section):
                              "publish rows whose check did not run")
         return self
 
+    @model_validator(mode="after")
+    def _remote_code_is_pinned(self) -> "JobConfig":
+        for name in ("caption", "instruct"):
+            section = getattr(self, name)
+            if name not in self.stages or section.engine == "fake":
+                continue
+            if section.engine_kwargs.get("trust_remote_code") and not section.revision \
+                    and not is_fixed_model_source(section.model):
+                raise ValueError(f"{name}.engine_kwargs.trust_remote_code runs code from {section.model!r} on every "
+                                 f"worker: pin it with {name}.revision=<commit hash> (or use a local folder)")
+        return self
+
     def digest(self) -> str:
         """A short digest of everything that changes output pixels or rows."""
         # Not in it: where and how the job runs (ray, credentials, batching, the lease) and the
         # shard size (fixed by the saved plan).
-        payload = self.model_dump(mode="json", exclude={"ray": True, "io": set(_IO_NOT_DIGESTED)})
+        payload = self.model_dump(mode="json", exclude={"ray": True, "finetune": True, "utility": True,
+                                                        "io": set(_IO_NOT_DIGESTED)})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_fixed_model_source(source: str) -> bool:
+    """Whether ``source`` is a local folder (or a tiny test model or an object-store copy the
+    user controls) rather than a hub id whose branch can move."""
+    if source.startswith(("tiny://", "file://", "/", "./", "../", "~")) or "://" in source:
+        return True
+    return Path(source).expanduser().is_dir()
 
 
 def available_profiles() -> list[str]:

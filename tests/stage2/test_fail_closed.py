@@ -188,7 +188,7 @@ def assert_never_published_unchanged(row_in: dict, original: np.ndarray, out: di
 
 @pytest.mark.parametrize("case", sorted(REGION_CASES))
 @pytest.mark.parametrize("editor", ["classic", "fake", "identity", "elsewhere"])
-@pytest.mark.parametrize("scope", ["global", "regions"])
+@pytest.mark.parametrize("scope", ["global", "regions", "crops"])
 def test_no_row_is_published_as_edited_with_its_sensitive_pixels_unchanged(editor, case, scope):
     stage = edit_stage(f"edit.editor={'classic' if editor == 'classic' else 'fake'}", f"edit.scope={scope}",
                        "edit.retries=1")

@@ -134,3 +134,17 @@ def test_no_generative_edit_is_published_with_its_sensitive_pixels_unchanged(edi
     [out] = stage.process([dict(row)])
     assert out["status"] == records.EDITED, out["error"]
     assert_never_published_unchanged(row, original, out)
+
+
+@pytest.mark.parametrize("editor", EDITORS)
+def test_crop_scope_runs_each_tiny_pipeline_and_keeps_outside_pixels(editor):
+    stage = tiny_stage(f"edit.editor={editor}", "edit.scope=crops", "edit.crop_size=64", "edit.crop_min_side=32",
+                       "edit.feather=2", "edit.max_side=512")
+    row = make_row(f"crop-{editor}", 160, 224, regions=[{"category": "people", "bbox": [20, 20, 52, 60]}])
+    original = records.get_image(row).copy()
+    [out] = stage.process([dict(row)])
+    assert out["status"] == records.EDITED, out["error"]
+    edited = records.get_image(out)
+    assert np.array_equal(edited[100:, 100:], original[100:, 100:])  # far from the only window
+    assert not np.array_equal(edited[20:60, 20:52], original[20:60, 20:52])
+    assert json.loads(out["verification"])["scope"] == "crops"

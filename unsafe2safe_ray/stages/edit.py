@@ -13,7 +13,10 @@ Per Ray batch (one actor holds one editor and one privacy verifier, loaded once 
 3. Edit each bucket. A bucket that raises (OOM, NaN output, anything) is retried image by image
    at ``edit.fallback_scale`` of the size; an image that fails again becomes a failed row.
 4. Resize outputs back to the original size; with ``scope: regions`` blend them into the
-   original only inside the dilated, feathered union of the row's regions.
+   original only inside the dilated, feathered union of the row's regions. With ``scope: crops``
+   steps 2-4 work on windows around the regions instead (``editors.crops``): windows of many
+   images are bucketed and batched together, edited with region prompts, and pasted back inside
+   the regions' feathered masks; a row without regions is edited whole.
 5. Check every edit: each region (or, without regions, the whole image) must have changed, and
    the privacy verifier must find no surviving face or readable text. A problem is re-edited with
    a new seed at a higher strength (``edit.retries`` times), then the problem regions get the
@@ -158,13 +161,82 @@ class EditStage(Stage):
         """Edit ``jobs`` at ``strength`` in same-size buckets. On success a job's ``edited``
         is replaced; on failure ``edited`` is kept (None in the first round) and the attempt
         records the error."""
+        crop_jobs = [job for job in jobs if self._uses_crops(job)]
+        if crop_jobs:
+            self._edit_crops(crop_jobs, strength)
         buckets: dict[tuple[int, int], list[_EditJob]] = {}
         for job in jobs:
-            buckets.setdefault(self._size(job, scale=1.0), []).append(job)
+            if not self._uses_crops(job):
+                buckets.setdefault(self._size(job, scale=1.0), []).append(job)
         batch_size = self.config.edit.batch_size
         for size, bucket in buckets.items():
             for start in range(0, len(bucket), batch_size):
                 self._edit_bucket(bucket[start:start + batch_size], size, strength)
+
+    def _uses_crops(self, job: _EditJob) -> bool:
+        # Crops need regions and an editor with a working grid (classic works in place anyway).
+        return self.config.edit.scope == "crops" and bool(job.regions) and self.editor.size_multiple is not None
+
+    def _edit_crops(self, jobs: list[_EditJob], strength: int) -> None:
+        """``edit.scope=crops``: edit a window around each region at the editor's working bucket,
+        crops of many images batched by bucket, and paste them back inside feathered region
+        masks (``editors.crops``). A job whose crop fails at full and at fallback scale keeps its
+        previous edit (None in the first round: then it fails)."""
+        from unsafe2safe_ray.editors.crops import crop_windows, paste_window, region_prompts
+
+        edit = self.config.edit
+        multiple = max(self.editor.size_multiple, edit.bucket_multiple)
+        items: list[tuple[_EditJob, Any, EditRequest, int]] = []
+        for job in jobs:
+            height, width = job.original.shape[:2]
+            target, instruction = region_prompts(job.regions, job.target_prompt, job.instruction)
+            for index, window in enumerate(crop_windows(job.regions, height, width, edit.crop_margin,
+                                                        edit.crop_min_side)):
+                x0, y0, x1, y1 = window.box
+                crop = job.original[y0:y1, x0:x1]
+                seed = records.derive_seed(self._seed(job, strength), f"crop-{index}")
+                request = EditRequest(image=crop, source_prompt=job.source_prompt, target_prompt=target,
+                                      instruction=instruction, regions=window.regions, seed=seed, strength=strength)
+                items.append((job, window, request, seed))
+        outputs: dict[int, np.ndarray | None] = {}
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i, (_job, window, _request, _seed) in enumerate(items):
+            size = working_size(*window.size, multiple=multiple, max_side=edit.max_side,
+                                target_area=edit.crop_size * edit.crop_size)
+            buckets.setdefault(size, []).append(i)
+        errors: dict[int, str] = {}
+        for size, members in buckets.items():
+            for start in range(0, len(members), edit.batch_size):
+                chunk = members[start:start + edit.batch_size]
+                try:
+                    edited = self.editor.edit([_at_size(items[i][2], size) for i in chunk])
+                    outputs.update(zip(chunk, edited))
+                except Exception as batch_error:  # noqa: BLE001 - retried alone, smaller
+                    _release_accelerator_memory()
+                    small = working_size(*size, multiple=multiple, max_side=edit.max_side, scale=edit.fallback_scale)
+                    for i in chunk:
+                        try:
+                            (outputs[i],) = self.editor.edit([_at_size(items[i][2], small)])
+                        except Exception as error:  # noqa: BLE001 - this job's failure
+                            _release_accelerator_memory()
+                            errors[i] = (f"edit: {type(batch_error).__name__} on a crop batch, then "
+                                         f"{type(error).__name__} alone at {small[0]}x{small[1]}: {error}")
+        for job in jobs:
+            mine = [i for i, item in enumerate(items) if item[0] is job]
+            failed = [errors[i] for i in mine if i in errors]
+            if failed:
+                job.attempts.append({"strength": strength, "seed": self._seed(job, strength), "scope": "crops",
+                                     "error": failed[0]})
+                if job.edited is None:
+                    job.error = failed[0]
+                continue
+            composite = job.original
+            for i in mine:
+                composite = paste_window(composite, job.original, items[i][1], outputs[i], edit.dilation, edit.feather)
+            job.edited = composite
+            job.scope = "crops"
+            job.attempts.append({"strength": strength, "seed": self._seed(job, strength), "scale": 1.0,
+                                 "crops": len(mine)})
 
     def _edit_bucket(self, jobs: list[_EditJob], size: tuple[int, int], strength: int) -> None:
         try:
@@ -223,15 +295,10 @@ class EditStage(Stage):
         return working_size(height, width, multiple=multiple, max_side=edit.max_side, scale=scale)
 
     def _request(self, job: _EditJob, size: tuple[int, int], strength: int) -> EditRequest:
-        height, width = job.original.shape[:2]
-        sy, sx = size[0] / height, size[1] / width
-        regions = [dict(r, bbox=[r["bbox"][0] * sx, r["bbox"][1] * sy, r["bbox"][2] * sx, r["bbox"][3] * sy])
-                   for r in job.regions]
-        return EditRequest(
-            image=resize_image(job.original, size), source_prompt=job.source_prompt,
-            target_prompt=job.target_prompt, instruction=job.instruction, regions=regions,
-            seed=self._seed(job, strength), strength=strength,
-        )
+        return _at_size(EditRequest(
+            image=job.original, source_prompt=job.source_prompt, target_prompt=job.target_prompt,
+            instruction=job.instruction, regions=job.regions, seed=self._seed(job, strength), strength=strength,
+        ), size)
 
     @staticmethod
     def _seed(job: _EditJob, strength: int) -> int:
@@ -333,6 +400,17 @@ def _unchanged_regions(original: np.ndarray, edited: np.ndarray, regions: list[d
         if np.array_equal(before, after) and int(before.max()) - int(before.min()) >= _FLAT_RANGE:
             leaks.append(Leak(category=region.get("category", ""), bbox=[x0, y0, x1, y1], kind="unchanged_pixels"))
     return leaks
+
+
+def _at_size(request: EditRequest, size: tuple[int, int]) -> EditRequest:
+    """``request`` with its image resized to ``size`` (height, width) and its regions scaled."""
+    height, width = request.image.shape[:2]
+    sy, sx = size[0] / height, size[1] / width
+    regions = [dict(r, bbox=[r["bbox"][0] * sx, r["bbox"][1] * sy, r["bbox"][2] * sx, r["bbox"][3] * sy])
+               for r in request.regions]
+    return EditRequest(image=resize_image(request.image, size), source_prompt=request.source_prompt,
+                       target_prompt=request.target_prompt, instruction=request.instruction, regions=regions,
+                       seed=request.seed, strength=request.strength)
 
 
 def _did_nothing(report: VerifyReport) -> bool:
