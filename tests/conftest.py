@@ -31,7 +31,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": always a new Ray of this session's own, never one that another
+        # process (the node-loss test's cluster, a developer's `ray start`) left its address for.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray
