@@ -160,6 +160,9 @@ def status(output: str = typer.Argument(..., help="Output root URI."),
     for shard, problems in st["damage"].items():
         for problem in problems:
             typer.echo(f"  shard {shard}: {problem}")
+    for run_id, skipped in st["verification_skipped"].items():
+        typer.secho(f"unverified    run {run_id} published edits without the {', '.join(skipped)} check(s)",
+                    fg=typer.colors.YELLOW)
     if st["unverifiable"]:
         typer.echo(f"unverifiable  {len(st['unverifiable'])}  {_ranges(st['unverifiable'])}  "
                    "(markers from before sizes and checksums; only presence checked)")
@@ -167,6 +170,34 @@ def status(output: str = typer.Argument(..., help="Output root URI."),
         typer.secho(f"{len(st['damaged'])} damaged shard(s); rewrite them with "
                     "`unsafe2safe run ... --shards damaged`", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+@app.command("plan")
+def plan_command(
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile to check (default: gpu-fast with a GPU, else cpu)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file overriding the profile."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set caption.revision=<commit>"),
+    stages: str = typer.Option("all", "--stages", help="all | inspect | edit (as for run)."),
+    flag_rate: float = typer.Option(0.6, "--flag-rate", help="Share of images expected to be flagged (cost estimate)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Preflight: build the whole job for a profile without GPUs or models and print, per stage, the
+    Ray operators, actors, resources, batch sizes, models (revision, remote code) and the vLLM
+    settings Ray will pass; then the GPUs needed and a cost estimate. Exits 2 on misconfigurations."""
+    from unsafe2safe_ray.config import load_config
+    from unsafe2safe_ray.preflight import PreflightError, build_plan, format_plan
+
+    try:
+        cfg = load_config(profile, config, list(set_))
+        _quiet_ray()
+        result = build_plan(cfg, stages=stages, flag_rate=flag_rate)
+    except PreflightError as e:
+        for line in e.problems:
+            typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    except _expected_errors() as e:
+        _fail(str(e))
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else format_plan(result))
 
 
 def _ranges(items: list[int]) -> str:

@@ -95,14 +95,49 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:6]
 
 
+class RayAddressError(ValueError):
+    """A Ray address that does not answer (one line, exit 2 in the CLI)."""
+
+
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """Raise ``RayAddressError`` when ``address`` (``host:port``, ``ray://host:port``,
+    ``http://host:port``) refuses a TCP connection within ``timeout_s``. ``auto`` is left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise RayAddressError(f"Ray address {address!r} is not host:port (or ray://host:port)")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayAddressError(f"no Ray cluster answers at {address} ({e.strerror or e}); start it, fix --address / "
+                              "RAY_ADDRESS, or leave both unset to run on a local Ray") from None
+
+
 def init_ray(address: str | None = None) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS``, or start a local single-node Ray."""
+    """Join ``address`` / ``$RAY_ADDRESS``, or start a new local single-node Ray on 127.0.0.1.
+
+    Without an address Ray is started with ``address="local"``: ``address=None`` would join
+    whatever cluster Ray's address file names, and retry a dead one for minutes. An address
+    that does not answer fails within seconds with one line."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False,
-             include_dashboard=False, logging_level=logging.WARNING)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common = dict(log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+    if address is None:
+        ray.init(address="local", _node_ip_address="127.0.0.1", **common)
+        return
+    check_ray_address(address)
+    ray.init(address=address, **common)
 
 
 def build_stages(config: JobConfig, stages: str = "all", earlier_uri: str | None = None) -> list:
@@ -323,8 +358,30 @@ def _run_leased(input_uri: str, output_uri: str, config: JobConfig, layout: Outp
     storage.write_json(layout.fs, layout.run_report(run_id), redact_value(
                        dict(result.to_json(), plan=plan.to_json() | {"shard_counts": None},
                             config=config.model_dump(mode="json"), config_digest=digest,
+                            models=_model_manifest(config),
                             previous_config_digests=earlier_digests, versions=versions)))
     return result
+
+
+def _skipped_checks(layout: OutputLayout, run_ids: set[str]) -> dict[str, list[str]]:
+    """Per committed run id, the verification checks its run report says were switched off."""
+    out: dict[str, list[str]] = {}
+    for run_id in sorted(run_ids):
+        try:
+            with layout.fs.open(layout.run_report(run_id), "rb") as f:
+                skipped = json.loads(f.read()).get("verification", {}).get("skipped", [])
+        except (FileNotFoundError, ValueError):
+            continue
+        if skipped:
+            out[run_id] = skipped
+    return out
+
+
+def _model_manifest(config: JobConfig) -> list[dict[str, Any]]:
+    """The models the stages load with their pinned revisions (``preflight.model_manifest``)."""
+    from unsafe2safe_ray.preflight import model_manifest
+
+    return model_manifest(config)
 
 
 def verification_summary(config: JobConfig) -> dict[str, Any]:
@@ -377,6 +434,7 @@ def shard_status(output_uri: str, storage_options: dict[str, Any] | None = None,
             counts[k] += m["counts"].get(k, 0)
     damage, unverifiable = commit_store.verify_markers(layout, markers, checksums=verify)
     return {
+        "verification_skipped": _skipped_checks(layout, {m["run_id"] for m in markers.values()}),
         "input_uri": plan.input_uri,
         "images": plan.num_images,
         "shards": plan.num_shards,

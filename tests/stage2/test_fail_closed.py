@@ -233,3 +233,25 @@ def test_the_run_report_says_which_checks_were_skipped():
     config = load_config("cpu", overrides=["verify.check_faces=false", "verify.required_checks=[text]"])
     assert verification_summary(config) == {"required": ["text"], "enabled": ["text"], "skipped": ["faces"]}
     assert verification_summary(load_config("cpu"))["skipped"] == []
+
+
+def test_status_shows_a_run_that_published_unverified_edits(tmp_path, ray_local, monkeypatch):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from unsafe2safe_ray.cli import app
+    from unsafe2safe_ray.config import load_config
+    from unsafe2safe_ray.job import run_job, shard_status
+
+    monkeypatch.setenv("U2S_TEST_EDIT", "none")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(make_image("u", 48, 64)).save(tmp_path / "in" / "u.png")
+    config = load_config("none", overrides=["stages=[testing.flag_all, edit]", "edit.editor=fake", "edit.num_cpus=0.25",
+                                            "verify.check_faces=false", "verify.check_text=false",
+                                            "verify.required_checks=[]"])
+    result = run_job(str(tmp_path / "in"), str(tmp_path / "out"), config, run_id="unverified")
+    assert result.counts["edited"] == 1
+    assert result.to_json()["verification"]["skipped"] == ["faces", "text"]
+    assert shard_status(str(tmp_path / "out"))["verification_skipped"] == {"unverified": ["faces", "text"]}
+    shown = CliRunner().invoke(app, ["status", str(tmp_path / "out")])
+    assert "without the faces, text check(s)" in shown.output
