@@ -243,3 +243,10 @@ def test_e2e_private_text_stays_in_the_private_table(cpu_run):
     private = json.dumps(reader.private().to_pylist())
     assert "KX 482 TB" in private and "JANE EXAMPLE" in private
     assert "KX 482 TB" not in public and "JANE EXAMPLE" not in public
+
+
+def test_e2e_ray_stats_name_every_stage(cpu_run):
+    _, result = cpu_run
+    operators = " ".join(result.to_json()["operators"])
+    for name in ("read_plan", "decode", "detect", "edit", "write"):
+        assert f"({name})" in operators, operators

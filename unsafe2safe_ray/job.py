@@ -25,6 +25,7 @@ from unsafe2safe_ray import records
 from unsafe2safe_ray.config import JobConfig
 from unsafe2safe_ray.plan.planner import (Plan, load_plan, make_or_load_plan, plan_chunks, plan_from_output,
                                           read_plan_chunk, select_shards)
+from unsafe2safe_ray.stages import base as ray_adapter
 from unsafe2safe_ray.stages import load_stage_class
 from unsafe2safe_ray.stages.decode import DecodeStage
 from unsafe2safe_ray.stages.load_captions import LoadCaptionsStage
@@ -192,8 +193,8 @@ def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], ru
     chunk_rows = max(config.io.read_batch_size, -(-selected_images // 100_000))
     items = plan_chunks(plan, shards, chunk_rows)
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
-    ds = ds.flat_map(lambda item: read_plan_chunk(layout, item["shard"], item["offset"], item["count"]),
-                     num_cpus=min(config.ray.decode_num_cpus, 0.25))
+    ds = ray_adapter.flat_map(ds, lambda item: read_plan_chunk(layout, item["shard"], item["offset"], item["count"]),
+                              name="read_plan", num_cpus=min(config.ray.decode_num_cpus, 0.25))
     ds = DecodeStage(config).apply(ds)
     stage_list = build_stages(config, stages, earlier_uri)
     check_local_fit(config, stage_list)
@@ -314,6 +315,7 @@ def _run_leased(input_uri: str, output_uri: str, config: JobConfig, layout: Outp
     if progress:
         progress(dict(report, elapsed=0.0))
 
+    operators: list[str] = []
     if selected:
         init_ray(config.ray.address)
         # 4-6. Stream rows through the stages into shard parts.
@@ -346,12 +348,14 @@ def _run_leased(input_uri: str, output_uri: str, config: JobConfig, layout: Outp
                     report["shards_done"] += 1
             if progress:
                 progress(dict(report, elapsed=time.perf_counter() - start))
+        # Ray's own per-operator stats name every stage (stages.base.named).
+        operators = re.findall(r"^Operator \d+ ([^:]+):", ds.stats(), flags=re.M)
 
     result = RunResult(run_id, output_uri, selected, sorted(committed), sorted(trackers),
                        {s: totals.get(s, 0) for s in records.FINAL_STATUSES},
                        time.perf_counter() - start, dict(stage_seconds),
                        {"failed_by_stage": dict(failed_by_stage), "safety_net_flags": int(safety_net_flags),
-                        "verification": verification_summary(config)})
+                        "verification": verification_summary(config), "operators": operators})
     # 8. Run report.
     lease.check()
     # No secrets at rest: credentials in the config and URIs are redacted (storage.redact).

@@ -95,7 +95,9 @@ def run_rows(stage: Stage, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             except Exception as row_error:  # noqa: BLE001 - becomes a failed row
                 out.append(records.fail(dict(row), f"{stage.name}: {type(row_error).__name__}: {row_error}",
                                         stage=stage.name))
-    per_row = (time.perf_counter() - start) / len(live)
+    elapsed = time.perf_counter() - start
+    per_row = elapsed / len(live)
+    _StageMetrics.record(stage.name, len(live), sum(not records.is_live(r) for r in out), elapsed)
     for i, row in zip(live_idx, out):
         records.add_stage_time(row, stage.name, per_row)
         rows[i] = row
@@ -141,6 +143,11 @@ def _task_fn(stage: Stage):
     return fn
 
 
+# Knobs the adapter derives from a stage's declared resources; callers may not set them.
+MANAGED_KNOBS = frozenset({"batch_size", "batch_format", "compute", "concurrency", "num_cpus", "num_gpus",
+                           "zero_copy_batch", "fn_constructor_args"})
+
+
 def map_batches_kwargs(res: Resources) -> dict[str, Any]:
     """The Ray knobs for a stage's declared resources (the single adapter)."""
     import ray.data
@@ -161,10 +168,79 @@ def map_batches_kwargs(res: Resources) -> dict[str, Any]:
     return kwargs
 
 
+def named(fn: Any, name: str) -> Any:
+    """``fn`` under ``name``, which Ray Data shows as the operator's name (``MapBatches(name)``)
+    in ``Dataset.stats()``, logs and the dashboard. A class becomes a subclass called ``name``;
+    a function or method is wrapped in a function called ``name``."""
+    if isinstance(fn, type):
+        return type(name, (fn,), {"__module__": fn.__module__, "__qualname__": name})
+
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _refuse_managed(extra: dict[str, Any]) -> None:
+    clash = sorted(MANAGED_KNOBS & set(extra))
+    if clash:
+        raise ValueError(f"{clash} are set by the adapter from the stage's Resources; declare them there")
+
+
+def map_batches(ds: Any, fn: Any, *, name: str, resources: Resources, constructor_args: tuple = (),
+                **extra: Any) -> Any:
+    """The one way this package adds a ``map_batches`` step: ``fn`` (a function, or a class for
+    an actor pool) named ``name``, with Ray's knobs from ``resources``. ``extra`` may carry
+    other Ray arguments; managed knobs (``MANAGED_KNOBS``) raise ``ValueError``."""
+    _refuse_managed(extra)
+    kwargs = map_batches_kwargs(resources)
+    if constructor_args:
+        kwargs["fn_constructor_args"] = constructor_args
+    return ds.map_batches(named(fn, name), **kwargs, **extra)
+
+
+def flat_map(ds: Any, fn: Any, *, name: str, num_cpus: float, **extra: Any) -> Any:
+    """The one way this package adds a ``flat_map`` step (row expansion in fractional-CPU
+    tasks), named ``name``; managed knobs in ``extra`` raise ``ValueError``."""
+    _refuse_managed(extra)
+    return ds.flat_map(named(fn, name), num_cpus=num_cpus, **extra)
+
+
 def apply_stage(ds: Any, stage: Stage) -> Any:
-    """Append ``stage`` to ``ds`` as one ``map_batches`` step."""
+    """Append ``stage`` to ``ds`` as one ``map_batches`` step named after the stage."""
     res = stage.resources()
-    kwargs = map_batches_kwargs(res)
     if res.pool_size is not None:
-        return ds.map_batches(_StageWorker, fn_constructor_args=(stage,), **kwargs)
-    return ds.map_batches(_task_fn(stage), **kwargs)
+        return map_batches(ds, _StageWorker, name=stage.name, resources=res, constructor_args=(stage,))
+    return map_batches(ds, _task_fn(stage), name=stage.name, resources=res)
+
+
+class _StageMetrics:
+    """Per-stage counters exported through ``ray.util.metrics`` (Ray dashboard, Prometheus):
+    rows processed and failed, and seconds spent, tagged with the stage name. Created once per
+    worker process; a no-op outside Ray."""
+
+    _instance: "_StageMetrics | None" = None
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter
+
+        self.rows = Counter("unsafe2safe_stage_rows_total", "Rows a stage processed, by outcome.",
+                            tag_keys=("stage", "outcome"))
+        self.seconds = Counter("unsafe2safe_stage_seconds_total", "Seconds spent in a stage's batches.",
+                               tag_keys=("stage",))
+
+    @classmethod
+    def record(cls, stage: str, processed: int, failed: int, seconds: float) -> None:
+        import sys
+
+        ray = sys.modules.get("ray")
+        if ray is None or not ray.is_initialized():
+            return
+        if cls._instance is None:
+            cls._instance = cls()
+        metrics = cls._instance
+        metrics.rows.inc(processed - failed, tags={"stage": stage, "outcome": "ok"})
+        if failed:
+            metrics.rows.inc(failed, tags={"stage": stage, "outcome": "failed"})
+        metrics.seconds.inc(max(seconds, 0.0), tags={"stage": stage})

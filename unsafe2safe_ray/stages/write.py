@@ -16,7 +16,7 @@ import pyarrow as pa
 from unsafe2safe_ray import records
 from unsafe2safe_ray.detectors import text_leaks
 from unsafe2safe_ray.imaging import encode_image, unpack_passthrough
-from unsafe2safe_ray.stages.base import Resources, Stage, map_batches_kwargs
+from unsafe2safe_ray.stages.base import Resources, Stage, map_batches
 from unsafe2safe_ray.stages.load_captions import INSPECT_ONLY_ERROR
 from unsafe2safe_ray.storage.layout import OutputLayout
 from unsafe2safe_ray.storage.sink import Sample, write_part
@@ -115,4 +115,4 @@ class WriteStage(Stage):
 
     def apply(self, ds: Any) -> Any:
         # Tasks, not actors: writing is stateless I/O. The output has the summary schema.
-        return ds.map_batches(self.write_batch, **map_batches_kwargs(self.resources()))
+        return map_batches(ds, self.write_batch, name=self.name, resources=self.resources())
