@@ -73,11 +73,36 @@ def _vae(latent_channels, cap, **extra):
                          latent_channels=latent_channels, norm_num_groups=32, **extra)
 
 
-def build_full_pipeline(editor: str, cap: int | None):
-    """A random-weight pipeline with the real model's architecture (see the module docstring)."""
+def build_scheduler(editor: str):
+    """The editor's scheduler. Built on the CPU, outside any ``torch.device`` context: scheduler
+    constructors call ``np.array`` on tensors they create, which fails for CUDA tensors."""
+    from diffusers import EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    if editor == "flowedit":
+        return FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if editor == "instruct-pix2pix":
+        return EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    if editor == "kontext":
+        return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                               base_image_seq_len=256, max_image_seq_len=4096)
+    raise ValueError(f"no full-size architecture for {editor!r}")
+
+
+def build_full_pipeline(editor: str, cap: int | None, device=None):
+    """A random-weight pipeline with the real model's architecture (see the module docstring).
+    Its models are created on ``device`` (None: the current default); its scheduler on the CPU."""
+    import contextlib
+
+    import torch
+
+    scheduler = build_scheduler(editor)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return _build_full_pipeline(editor, cap, scheduler)
+
+
+def _build_full_pipeline(editor: str, cap: int | None, scheduler):
     from diffusers import (
-        EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline,
-        FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline,
+        FluxKontextPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline,
         StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel,
     )
 
@@ -90,7 +115,7 @@ def build_full_pipeline(editor: str, cap: int | None):
                 sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=_cap(24, cap),
                 attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
                 caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192),
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            scheduler=scheduler,
             vae=_vae(16, cap, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
                      use_post_quant_conv=False),
             text_encoder=_clip(tok, 768, _cap(12, cap), 12, 3072, 768, "quick_gelu", True), tokenizer=tok,
@@ -106,7 +131,7 @@ def build_full_pipeline(editor: str, cap: int | None):
                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3),
             vae=_vae(4, cap, scaling_factor=0.18215),
             text_encoder=_clip(tok, 768, _cap(12, cap), 12, 3072, 768, "quick_gelu", False), tokenizer=tok,
-            scheduler=EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+            scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     if editor == "kontext":  # black-forest-labs/FLUX.1-Kontext-dev
@@ -115,9 +140,7 @@ def build_full_pipeline(editor: str, cap: int | None):
                 patch_size=1, in_channels=64, num_layers=_cap(19, cap), num_single_layers=_cap(38, cap),
                 attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                 pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56]),
-            scheduler=FlowMatchEulerDiscreteScheduler(
-                shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                base_image_seq_len=256, max_image_seq_len=4096),
+            scheduler=scheduler,
             vae=_vae(16, cap, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
                      use_post_quant_conv=False),
             text_encoder=_clip(tok, 768, _cap(12, cap), 12, 3072, 768, "quick_gelu", False), tokenizer=tok,
@@ -142,8 +165,7 @@ def build_editor(editor: str, config, full: bool, cap: int | None):
     # GPU and would be minutes (and 4x the memory) in float32 on the CPU.
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
-            pipe = build_full_pipeline(editor, cap)
+        pipe = build_full_pipeline(editor, cap, device)
     finally:
         torch.set_default_dtype(previous)
     edit = config.edit

@@ -120,7 +120,8 @@ def test_caption_postprocess_parses_and_returns_only_pipeline_columns(gpu_config
     call = CaptionStage(gpu_config).vllm_call()
     answer = json.dumps({"privacy_flag": True, "categories": ["people"], "privacy_review": ["a face: identity"],
                          "private_caption": "Ann", "public_caption": "a person",
-                         "regions": [{"category": "people", "bbox": [0, 0, 500, 500]}]})
+                         "regions": [{"category": "people", "bbox": [0, 0, 42, 28]}]})
+    # Qwen2.5-VL states boxes in pixels of its resized image: 60x40 -> 84x56 (smart_resize).
     row = new_row("a", size=(40, 60))
     out = VLLMPostprocess(call)(_processor_row(row, generated_text=answer, num_generated_tokens=60, **{SKIP_COLUMN: False}))
     assert list(out) == list(records.PIPELINE_COLUMNS)

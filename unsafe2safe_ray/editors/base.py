@@ -180,6 +180,28 @@ def torch_device_and_dtype(preference: str):
     return device, dtype
 
 
+def place_pipeline(pipe, device, dtype):
+    """``pipe`` on ``device`` in ``dtype``, except the modules its models keep in float32.
+
+    ``pipe.to(device, dtype)`` casts every weight, undoing what ``from_pretrained(dtype=fp16)``
+    kept in fp32 (T5's ``wo`` layers in SD3 and FLUX, whose fp16 activations overflow). Those
+    modules (each model's ``_keep_in_fp32_modules``) go back to float32 in half precision."""
+    import torch
+
+    pipe = pipe.to(device, dtype)
+    if dtype != torch.float16:
+        return pipe
+    for component in getattr(pipe, "components", {}).values():
+        keep = set(getattr(component, "_keep_in_fp32_modules", None) or ())
+        keep |= set(getattr(component, "_keep_in_fp32_modules_strict", None) or ())
+        if not keep or not isinstance(component, torch.nn.Module):
+            continue
+        for name, module in component.named_modules():
+            if keep & set(name.split(".")):
+                module.to(torch.float32)
+    return pipe
+
+
 def generators(seeds: list[int]) -> list:
     """One torch generator per image, so each image's noise depends only on its own seed
     (not on which other images share its batch)."""

@@ -33,6 +33,7 @@ from unsafe2safe_ray.editors.base import (
     Editor,
     check_batch,
     generators,
+    place_pipeline,
     quiet_diffusers,
     to_uint8,
     torch_device_and_dtype,
@@ -82,7 +83,7 @@ class FlowEditSD3Editor(Editor):
             from diffusers import StableDiffusion3Pipeline
 
             pipe = StableDiffusion3Pipeline.from_pretrained(model_source, dtype=self.dtype)
-        self.pipe = pipe.to(self.device, self.dtype)
+        self.pipe = place_pipeline(pipe, self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.src_guidance, self.tar_guidance = src_guidance, tar_guidance
         self.n_min, self.n_max, self.n_avg = n_min, n_max, n_avg

@@ -9,6 +9,7 @@ from unsafe2safe_ray.editors.base import (
     Editor,
     check_batch,
     generators,
+    place_pipeline,
     quiet_diffusers,
     to_uint8,
     torch_device_and_dtype,
@@ -50,7 +51,7 @@ class FluxKontextEditor(Editor):
             from diffusers import FluxKontextPipeline
 
             pipe = FluxKontextPipeline.from_pretrained(model_source, dtype=self.dtype)
-        self.pipe = pipe.to(self.device, self.dtype)
+        self.pipe = place_pipeline(pipe, self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps = steps or DEFAULT_STEPS
         self.guidance = DEFAULT_GUIDANCE if guidance is None else guidance

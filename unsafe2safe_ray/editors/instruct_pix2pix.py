@@ -10,6 +10,7 @@ from unsafe2safe_ray.editors.base import (
     Editor,
     check_batch,
     generators,
+    place_pipeline,
     quiet_diffusers,
     to_uint8,
     torch_device_and_dtype,
@@ -49,7 +50,7 @@ class InstructPix2PixEditor(Editor):
             pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
                 model_source, dtype=self.dtype, safety_checker=None, requires_safety_checker=False
             )
-        self.pipe = pipe.to(self.device, self.dtype)
+        self.pipe = place_pipeline(pipe, self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps = steps or DEFAULT_STEPS
         self.guidance = DEFAULT_GUIDANCE if guidance is None else guidance

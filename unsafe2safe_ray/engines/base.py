@@ -48,10 +48,17 @@ def fit_image(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
     tile, so sending more pixels only costs time and context.
     """
     height, width = pixels.shape[:2]
-    if not max_side or max(height, width) <= max_side:
+    size = fitted_size(width, height, max_side)
+    if size == (width, height):
         return pixels
     from PIL import Image
 
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
+
+
+def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` after ``fit_image`` with ``max_side``: what the engine sends."""
+    if not max_side or max(height, width) <= max_side:
+        return width, height
+    scale = max_side / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))

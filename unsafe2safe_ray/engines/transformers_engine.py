@@ -40,6 +40,33 @@ def localize_model_source(source: str, cache_dir: str | Path | None = None) -> s
     return str(target)
 
 
+# model_type of checkpoints whose only loader is their repo's own code (AutoModel + model.chat),
+# with the HF-native variant the transformers engine loads instead.
+REMOTE_ONLY_MODEL_TYPES = {
+    "internvl_chat": "the HF-native InternVL checkpoints (model_type internvl), e.g. OpenGVLab/InternVL3_5-8B-HF "
+                     "or OpenGVLab/InternVL3-8B-hf",
+}
+
+
+def check_loadable(model: str, path: str, revision: str | None = None) -> None:
+    """Refuse, with what to use instead, a checkpoint the transformers engine cannot load: its
+    config is read as JSON (no remote code runs) and its model_type checked."""
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(path, **({"revision": revision} if revision else {}))
+    except (OSError, ValueError):
+        return  # from_pretrained reports a missing or broken checkpoint itself
+    model_type = config.get("model_type", "")
+    if model_type in REMOTE_ONLY_MODEL_TYPES:
+        from unsafe2safe_ray.config import ConfigError
+
+        raise ConfigError(
+            f"{model} is a remote-code {model_type!r} checkpoint: it has no AutoModelForImageTextToText or "
+            f"processor, so the transformers engine cannot load it; use {REMOTE_ONLY_MODEL_TYPES[model_type]} "
+            "(the same weights family), or engine: vllm")
+
+
 def _torch_dtype(name: str, device: str):
     import torch
 
@@ -62,6 +89,7 @@ class TransformersEngine(TextEngine):
         threads: int = 0,
         trust_remote_code: bool = False,
         seed: int = 0,
+        revision: str | None = None,
     ) -> None:
         import torch
         from transformers import AutoConfig
@@ -76,23 +104,25 @@ class TransformersEngine(TextEngine):
         self.max_image_side = max_image_side
         self.seed = seed
         path = localize_model_source(model)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        check_loadable(model, path, revision)
+        pinned = {"revision": revision} if revision else {}
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **pinned)
         self.is_vision = hasattr(config, "vision_config")
         torch_dtype = _torch_dtype(dtype, device)
         if self.is_vision:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **pinned)
             self.tokenizer = self.processor.tokenizer
             self.model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **pinned)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             self.processor = None
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **pinned)
             self.model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **pinned)
         # Decoder-only batches must be padded on the left so every answer starts at the end.
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

@@ -82,7 +82,9 @@ def sampling_params(max_tokens: int, temperature: float, json_schema: dict | Non
     if json_schema is not None:
         # As a JSON string: a dict would travel as an Arrow struct, whose type unification
         # across rows can add null keys to the schema.
-        params["structured_outputs"] = {"json": json.dumps(json_schema)}
+        # disable_any_whitespace: compact JSON only, so a greedy answer cannot spend max_tokens on
+        # whitespace (vLLM's StructuredOutputsParams; the transformers engine does the same).
+        params["structured_outputs"] = {"json": json.dumps(json_schema), "disable_any_whitespace": True}
     return params
 
 
@@ -174,14 +176,41 @@ def normalize_vllm_rows(batch: Any, stage_name: str, flag_on_error: bool = False
     return pa.Table.from_pylist(out, schema=records.PIPELINE_SCHEMA)
 
 
+# Engine arguments that vLLM's ModelConfig also takes: Ray's PrepareMultimodalStage builds its own
+# ModelConfig from ``model_config_kwargs`` only, so these must be passed there too.
+MODEL_CONFIG_KEYS = ("trust_remote_code", "revision", "code_revision", "tokenizer_revision", "max_model_len",
+                     "mm_processor_kwargs", "limit_mm_per_prompt", "hf_overrides", "tokenizer", "tokenizer_mode")
+# The ray.data.llm CPU stages that load the tokenizer / processor (and with it remote code).
+TOKENIZER_STAGES = ("ChatTemplateStage", "TokenizeStage", "DetokenizeStage")
+
+
+def effective_engine_kwargs(section: Any, multimodal: bool) -> dict[str, Any]:
+    """The vLLM engine arguments of a stage section: its ``engine_kwargs``, the image limit, and
+    the pinned revision (model, code and tokenizer) when ``section.revision`` is set."""
+    engine_kwargs = dict(section.engine_kwargs)
+    if multimodal:
+        engine_kwargs.setdefault("limit_mm_per_prompt", {"image": 1})
+    revision = getattr(section, "revision", None)
+    if revision:
+        for key in ("revision", "code_revision", "tokenizer_revision"):
+            engine_kwargs.setdefault(key, revision)
+    return engine_kwargs
+
+
+def multimodal_model_config_kwargs(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What PrepareMultimodalStage's ModelConfig gets (Ray adds ``model`` itself)."""
+    return {k: engine_kwargs[k] for k in MODEL_CONFIG_KEYS if k in engine_kwargs}
+
+
 def processor_config(section: Any, model_source: str, multimodal: bool):
     """The ``vLLMEngineProcessorConfig`` for a stage section (caption or instruct)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    engine_kwargs = dict(section.engine_kwargs)
-    if multimodal:
-        engine_kwargs.setdefault("limit_mm_per_prompt", {"image": 1})
+    engine_kwargs = effective_engine_kwargs(section, multimodal)
     pool = section.pool_size or 1
+    prepare: Any = False
+    if multimodal:
+        prepare = {"enabled": True, "model_config_kwargs": multimodal_model_config_kwargs(engine_kwargs)}
     kwargs: dict[str, Any] = dict(
         model_source=model_source,
         engine_kwargs=engine_kwargs,
@@ -192,22 +221,108 @@ def processor_config(section: Any, model_source: str, multimodal: bool):
         chat_template_stage=True,
         tokenize_stage=True,
         detokenize_stage=True,
-        prepare_multimodal_stage={"enabled": True} if multimodal else False,
+        prepare_multimodal_stage=prepare,
     )
     if section.accelerator_type:
         kwargs["accelerator_type"] = section.accelerator_type
     return vLLMEngineProcessorConfig(**kwargs)
 
 
+def pinned_model_path(model: str, revision: str | None, trust_remote_code: bool) -> str:
+    """A local snapshot of ``model`` at ``revision`` without weights (config, tokenizer, chat
+    template and, with remote code, its Python files), or ``model`` itself when it is not a hub
+    id or no revision is pinned. Runs in the CPU stages' actors."""
+    from unsafe2safe_ray.config import is_fixed_model_source
+
+    if not revision or is_fixed_model_source(model):
+        return model
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", *(["*.py"] if trust_remote_code else [])]
+    return snapshot_download(model, revision=revision, allow_patterns=patterns)
+
+
+def _pinned(udf_class: type) -> type:
+    """A subclass of a ray.data.llm tokenizer-stage UDF that loads ``model`` at a pinned revision
+    (Ray's own stages take no revision, so they would load the hub's moving main branch)."""
+
+    def __init__(self, data_column, expected_input_keys, model, revision=None, **kwargs):
+        path = pinned_model_path(model, revision, bool(kwargs.get("trust_remote_code")))
+        udf_class.__init__(self, data_column, expected_input_keys, model=path, **kwargs)
+
+    name = f"Pinned{udf_class.__name__}"
+    return type(name, (udf_class,), {"__init__": __init__, "__module__": __name__, "__qualname__": name})
+
+
+def _pinned_udfs() -> dict[str, type]:
+    try:
+        from ray.llm._internal.batch.stages.chat_template_stage import ChatTemplateUDF
+        from ray.llm._internal.batch.stages.tokenize_stage import DetokenizeUDF, TokenizeUDF
+    except ImportError:  # ray without ray.data.llm: the vLLM path is unavailable anyway
+        return {}
+    return {c.__name__: _pinned(c) for c in (ChatTemplateUDF, TokenizeUDF, DetokenizeUDF)}
+
+
+_PINNED_UDFS = _pinned_udfs()
+# Module-level names, so Ray pickles the classes by reference.
+globals().update({c.__name__: c for c in _PINNED_UDFS.values()})
+
+
+def pin_tokenizer_stages(processor: Any, revision: str | None) -> Any:
+    """Make the processor's chat-template, tokenize and detokenize stages load the pinned
+    revision (the revision is passed on as a constructor argument, which `plan` shows)."""
+    if not revision:
+        return processor
+    for name in TOKENIZER_STAGES:
+        if name not in processor.list_stage_names():
+            continue
+        stage = processor.get_stage_by_name(name)
+        stage.fn = _PINNED_UDFS.get(stage.fn.__name__, stage.fn)
+        stage.fn_constructor_kwargs = {**stage.fn_constructor_kwargs, "revision": revision}
+    return processor
+
+
+class _driver_config_pinned:
+    """While Ray builds the processor, its driver-side ``AutoConfig.from_pretrained(model,
+    trust_remote_code=...)`` (telemetry only) loads the pinned revision, not the hub's main."""
+
+    def __init__(self, model: str, revision: str | None) -> None:
+        self.model, self.revision, self.original = model, revision, None
+
+    def __enter__(self):
+        if not self.revision:
+            return self
+        import transformers
+
+        self.original = transformers.AutoConfig.__dict__["from_pretrained"]
+        model, revision, original = self.model, self.revision, self.original.__func__
+
+        def from_pretrained(cls, name, *args, **kwargs):
+            if name == model:
+                kwargs.setdefault("revision", revision)
+                kwargs.setdefault("code_revision", revision)
+            return original(cls, name, *args, **kwargs)
+
+        transformers.AutoConfig.from_pretrained = classmethod(from_pretrained)
+        return self
+
+    def __exit__(self, *exc):
+        if self.original is not None:
+            import transformers
+
+            transformers.AutoConfig.from_pretrained = self.original
+        return False
+
+
 def build_vllm_processor(section: Any, call: VLLMCall):
     """A ``ray.data.llm`` processor that runs ``call`` with the section's engine settings."""
     from ray.data.llm import build_processor
 
-    return build_processor(
-        processor_config(section, call.model_source, call.multimodal),
-        preprocess=VLLMPreprocess(call),
-        postprocess=VLLMPostprocess(call),
-    )
+    revision = getattr(section, "revision", None)
+    config = processor_config(section, call.model_source, call.multimodal)
+    with _driver_config_pinned(call.model_source, revision):
+        processor = build_processor(config, preprocess=VLLMPreprocess(call), postprocess=VLLMPostprocess(call))
+    return pin_tokenizer_stages(processor, revision)
 
 
 def apply_vllm(ds: Any, section: Any, call: VLLMCall) -> Any:

@@ -105,6 +105,30 @@ def normalized_entropy(labels: list[str | None]) -> float:
     return float(-(probabilities * np.log(probabilities)).sum() / math.log(len(RACE_LABELS)))
 
 
+# The authors' evaluation asks for the 7 labels above but scores 5 categories (paper digest:
+# "their code asks for 7 labels but scores 5"), normalized by ln 5: the number the paper's 0.438
+# (originals) and 0.765 (U2S FlowEdit) are. Their exact grouping is not published with the paper;
+# this is the usual FairFace 7 -> 5 grouping (Asian = East + Southeast Asian; Others = Middle
+# Eastern + Latino/Hispanic).
+PAPER_RACE_GROUPS = {
+    "white": "white", "black": "black", "indian": "indian",
+    "east_asian": "asian", "southeast_asian": "asian",
+    "middle_eastern": "others", "latino_hispanic": "others",
+}
+PAPER_RACE_CATEGORIES = ("white", "black", "asian", "indian", "others")
+
+
+def race_entropy_paper(labels: list[str | None]) -> float:
+    """The paper's race entropy: the 7 labels mapped to its 5 categories, Shannon entropy
+    divided by ln 5; NaN when no label names a race."""
+    counts = Counter(PAPER_RACE_GROUPS[label] for label in labels if label in PAPER_RACE_GROUPS)
+    total = sum(counts.values())
+    if total == 0:
+        return math.nan
+    probabilities = np.array([c / total for c in counts.values()])
+    return float(-(probabilities * np.log(probabilities)).sum() / math.log(len(PAPER_RACE_CATEGORIES)))
+
+
 class Judge:
     """A Stage 1 text engine used as an evaluator."""
 

@@ -31,7 +31,8 @@ CAPTION_CHARS = 400
 INSTRUCTION_CHARS = 360
 REVIEW_ITEM_CHARS = 160
 MAX_REGIONS = 8
-# Region boxes are asked for on a 0..1000 grid of the image, independent of its pixel size.
+# Region boxes are asked for on a 0..1000 grid of the image, independent of its pixel size
+# (Qwen2-VL, InternVL, Qwen3-VL); Qwen2.5-VL states absolute pixels instead (see parsers.BoxFrame).
 REGION_GRID = 1000
 
 
@@ -120,8 +121,12 @@ def inspection_messages(
     criteria: Mapping[str, str],
     with_regions: bool = False,
     limits: TextLimits = TextLimits(),
+    box_frame: str = "grid1000",
 ) -> list[dict[str, Any]]:
-    """Chat messages for the inspection call (flag, categories, review, two captions)."""
+    """Chat messages for the inspection call (flag, categories, review, two captions).
+
+    ``box_frame`` is the frame the model states boxes in (see ``parsers.BoxFrame``): the prompt
+    asks for that frame, so a model is never asked for a grid it was not trained on."""
     prompt = load_prompt("inspect")
     label = _clean_label(label)
     criteria_text = "\n".join(f"  - {name}: {desc}" for name, desc in criteria.items())
@@ -137,7 +142,8 @@ def inspection_messages(
         max_review_items=limits.max_review_items,
         caption_words=CAPTION_WORDS,
         class_rule=class_rule.strip() + " ",
-        regions_rule=prompt.block("regions_rule") if with_regions else "",
+        regions_rule=(prompt.block("regions_rule_pixels" if box_frame == "resized_pixels" else "regions_rule")
+                      if with_regions else ""),
     )
     return [
         {"role": "system", "content": [{"type": "text", "text": prompt.block("system").strip()}]},

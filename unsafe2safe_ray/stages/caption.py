@@ -13,7 +13,8 @@ import logging
 from typing import Any
 
 from unsafe2safe_ray import prompts, records
-from unsafe2safe_ray.prompts.parsers import ParseError, parse_inspection
+from unsafe2safe_ray.engines.base import fitted_size
+from unsafe2safe_ray.prompts.parsers import ParseError, box_frame, model_box_frame, parse_inspection
 from unsafe2safe_ray.stages.generation import GenerationStage
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ class CaptionStage(GenerationStage):
             max_review_items=self.section.max_review_items,
         )
         self.schema = prompts.inspection_schema(self.category_names, self.section.regions, self.limits)
+        # The frame the model states boxes in (Qwen2.5-VL: pixels of its resized image).
+        self.box_frame = (self.section.box_frame if self.section.box_frame != "auto"
+                          else model_box_frame(self.section.model))
         self.prompt_version = prompts.prompt_version("inspect", "criteria")
         self.engine = None
         if prompts.max_answer_chars(self.schema) > self.section.max_new_tokens:
@@ -52,16 +56,17 @@ class CaptionStage(GenerationStage):
         """``(messages, pixels, schema)`` for a live row. A row without pixels cannot be
         inspected; ``answer`` fails it."""
         messages = prompts.inspection_messages(
-            row.get("label"), self.criteria, self.section.regions, self.limits)
+            row.get("label"), self.criteria, self.section.regions, self.limits, box_frame=self.box_frame)
         return messages, records.get_image(row), self.schema
 
     def answer(self, row: dict[str, Any], text: str, finished: bool) -> dict[str, Any]:
         """Write a parsed answer into ``row``, or fail it keeping the raw text."""
         row["caption_source"] = self.section.model
         row["prompt_version"] = self.prompt_version
+        width, height = int(row.get("width") or 0), int(row.get("height") or 0)
         try:
-            found = parse_inspection(
-                text, finished, self.category_names, int(row.get("width") or 0), int(row.get("height") or 0))
+            found = parse_inspection(text, finished, self.category_names, width, height,
+                                     frame=self.frame_for(width, height))
         except ParseError as e:
             row["raw_output"] = text
             row["privacy_flag"] = True
@@ -75,11 +80,32 @@ class CaptionStage(GenerationStage):
         row["categories"] = json.dumps(list(found.categories) + earlier)
         # Boxes from earlier stages (detectors) stay; the VLM's are added beside them.
         row["regions"] = json.dumps(records.json_list(row.get("regions")) + found.regions)
+        if found.regions_dropped:
+            # Counted where the row's checks are recorded (the edit stage adds to this dict).
+            log.info("caption: %d box(es) outside the %s frame dropped", found.regions_dropped, self.box_frame)
+            row["verification"] = json.dumps(dict(records.json_dict(row.get("verification")),
+                                                  vlm_boxes_dropped=found.regions_dropped))
         row["privacy_review"] = json.dumps(found.privacy_review)
         row["private_caption"] = found.private_caption
         row["public_caption"] = found.public_caption
         row["raw_output"] = None
         return row
+
+    def frame_for(self, width: int, height: int):
+        """The box frame of an image of ``width`` x ``height`` as this stage sends it."""
+        if self.box_frame == "grid1000" or not width or not height:
+            return box_frame("grid1000", width, height)
+        sent_w, sent_h = fitted_size(width, height, self.section.max_image_side)
+        return box_frame(self.box_frame, sent_w, sent_h, *self._pixel_bounds())
+
+    def _pixel_bounds(self) -> tuple[int | None, int | None]:
+        """min/max pixels of the model's resize: mm_processor_kwargs, else the loaded processor's
+        (transformers engine), else the model family's defaults (None)."""
+        mm = self.section.engine_kwargs.get("mm_processor_kwargs") or {}
+        size = getattr(getattr(getattr(self.engine, "processor", None), "image_processor", None), "size", None)
+        low = mm.get("min_pixels") or getattr(size, "shortest_edge", None)
+        high = mm.get("max_pixels") or getattr(size, "longest_edge", None)
+        return low, high
 
     def skip(self, row: dict[str, Any]) -> dict[str, Any] | None:
         return self._no_pixels(row) if row.get("image") is None else None

@@ -34,6 +34,7 @@ class GenerationStage(Stage):
                 dtype=self.section.dtype,
                 threads=self.section.threads,
                 trust_remote_code=bool(self.section.engine_kwargs.get("trust_remote_code", False)),
+                revision=getattr(self.section, "revision", None),
                 seed=self.config.seed,
                 **self.engine_kwargs(),
             )

@@ -20,10 +20,14 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     # Stage 1 (issue 4): unsafe2safe_ray/testing/tiny_text.py
     "qwen2_5_vl": _lazy("unsafe2safe_ray.testing.tiny_text", "build_tiny_qwen2_5_vl"),
     "causal_lm": _lazy("unsafe2safe_ray.testing.tiny_text", "build_tiny_causal_lm"),
+    # HF-native InternVL (issue 14): the transformers engine's InternVL path
+    "internvl": _lazy("unsafe2safe_ray.testing.tiny_text", "build_tiny_internvl"),
     # Stage 2 (issue 5): unsafe2safe_ray/testing/tiny_diffusion.py
     "instruct_pix2pix": _lazy("unsafe2safe_ray.testing.tiny_diffusion", "build_tiny_instruct_pix2pix"),
     "sd3": _lazy("unsafe2safe_ray.testing.tiny_diffusion", "build_tiny_sd3"),
     "flux_kontext": _lazy("unsafe2safe_ray.testing.tiny_diffusion", "build_tiny_flux_kontext"),
     # Evaluation (issue 6): unsafe2safe_ray/testing/tiny_clip.py
     "clip": _lazy("unsafe2safe_ray.testing.tiny_clip", "build_tiny_clip"),
+    # Utility, MAE fine-tune (issue 16): unsafe2safe_ray/testing/tiny_vit.py
+    "vit_mae": _lazy("unsafe2safe_ray.testing.tiny_vit", "build_tiny_vit_mae"),
 }

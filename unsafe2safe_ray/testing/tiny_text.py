@@ -162,3 +162,49 @@ def build_tiny_causal_lm(path: Path) -> None:
     model.generation_config.pad_token_id = pad
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def build_tiny_internvl(path: Path) -> None:
+    """Save a tiny random-weight HF-native InternVL (``model_type: internvl``, the layout of
+    ``OpenGVLab/InternVL3_5-8B-HF``): InternViT + Qwen2 text model, GotOcr2 image processor."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left",
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    template = _CHAT_TEMPLATE.replace("'<|vision_start|><|image_pad|><|vision_end|>'", "'<IMG_CONTEXT>'")
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           image_size=[28, 28], patch_size=[14, 14]),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=1, downsample_ratio=0.5,
+    )
+    torch.manual_seed(0)
+    model = InternVLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size={"height": 28, "width": 28}, crop_to_patches=False, max_patches=1),
+        tokenizer=tokenizer, video_processor=InternVLVideoProcessor(), image_seq_length=1, chat_template=template)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
