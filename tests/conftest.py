@@ -106,10 +106,7 @@ def tiny_models():
 
     root = tiny.tiny_root()
     for name in builders.BUILDERS:
-        try:
-            tiny.resolve_model_source(f"tiny://{name}")
-        except ModuleNotFoundError:
-            pass  # a builder module not written yet
+        tiny.resolve_model_source(f"tiny://{name}")
     return root
 
 

@@ -200,6 +200,37 @@ def plan_command(
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else format_plan(result))
 
 
+@app.command()
+def finetune(
+    data: str = typer.Option(..., "--data", help="Job output(s) to learn from, comma-separated (committed samples only)."),
+    originals: str = typer.Option(..., "--originals", help="Where the originals are (the jobs' input prefix, or a copy of it)."),
+    out: str = typer.Option(..., "--out", help="Checkpoint root (any fsspec URI); rerun with the same --out to resume."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML with a finetune: section."),
+    set_: list[str] = typer.Option([], "--set", help="e.g. --set finetune.num_workers=8 --set finetune.steps=20000"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
+) -> None:
+    """Fine-tune the InstructPix2Pix editor on the jobs' own (original, edited) pairs (Ray Train).
+
+    Pairs pass the paper's filter (CLIP ratio >= finetune.min_clip_ratio, verified without a
+    leak). The last checkpoint loads as an editor: --set edit.editor=instruct-pix2pix
+    --set edit.instruct_pix2pix_model=<checkpoint>.
+    """
+    from unsafe2safe_ray.config import load_config
+    from unsafe2safe_ray.job import init_ray
+    from unsafe2safe_ray.train.loop import run_finetune
+
+    try:
+        cfg = load_config("none", config, list(set_) + ([f"ray.address={address}"] if address else []))
+        _quiet_ray()
+        init_ray(cfg.ray.address)
+        latest = run_finetune([d for d in data.split(",") if d], originals, out, cfg)
+    except _expected_errors() as e:
+        _fail(str(e))
+    typer.echo(json.dumps({k: latest[k] for k in ("checkpoint", "step", "pairs", "metrics")}, default=str))
+    typer.echo(f"editor: --set edit.editor=instruct-pix2pix --set edit.instruct_pix2pix_model={latest['checkpoint']}",
+               err=True)
+
+
 def _ranges(items: list[int]) -> str:
     """[1,2,3,7] -> '1-3,7' (what --shards accepts)."""
     out, i = [], 0
@@ -213,10 +244,8 @@ def _ranges(items: list[int]) -> str:
 
 
 def _register_eval_commands() -> None:
-    try:
-        from unsafe2safe_ray.eval import commands
-    except ImportError:
-        return
+    from unsafe2safe_ray.eval import commands
+
     app.command("evaluate")(commands.evaluate)
     app.command("utility")(commands.utility)
 
