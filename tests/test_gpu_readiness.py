@@ -82,12 +82,17 @@ def test_without_an_address_ray_starts_locally_on_loopback(monkeypatch):
 
     from unsafe2safe_ray import job
 
+    from ray._private import ray_constants, services
+
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    # What the node's address resolves to while Ray starts (ray.init resolves it the same way).
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(
+        dict(kwargs, resolved=services.resolve_ip_for_localhost(kwargs.get("_node_ip_address") or "localhost"))))
     job.init_ray(None)
-    assert calls[0]["address"] == "local" and calls[0]["_node_ip_address"] == "127.0.0.1"
+    assert calls[0]["address"] == "local" and calls[0]["resolved"] == "127.0.0.1"
+    assert ray_constants.ENABLE_RAY_CLUSTER is True  # switched back after the start
 
 
 @pytest.mark.timeout(60)

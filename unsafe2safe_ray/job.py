@@ -122,6 +122,22 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
                               "RAY_ADDRESS, or leave both unset to run on a local Ray") from None
 
 
+def start_local_ray(**kwargs: Any) -> None:
+    """A new single-node Ray on 127.0.0.1. On Linux Ray 2.60 turns ``_node_ip_address=
+    "127.0.0.1"`` into the machine's network address unless its cluster mode is off
+    (``ray_constants.ENABLE_RAY_CLUSTER``, read at call time), so that is switched off while
+    this node starts."""
+    import ray
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
 def init_ray(address: str | None = None) -> None:
     """Join ``address`` / ``$RAY_ADDRESS``, or start a new local single-node Ray on 127.0.0.1.
 
@@ -135,7 +151,7 @@ def init_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = dict(log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
     if address is None:
-        ray.init(address="local", _node_ip_address="127.0.0.1", **common)
+        start_local_ray(**common)
         return
     check_ray_address(address)
     ray.init(address=address, **common)

@@ -224,9 +224,10 @@ def _start_local_ray() -> None:
 
     import ray
 
+    from unsafe2safe_ray.job import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=1, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        start_local_ray(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
 def build_plan(config: JobConfig, stages: str = "all", flag_rate: float = 0.6) -> dict[str, Any]:
