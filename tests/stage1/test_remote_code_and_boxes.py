@@ -78,6 +78,12 @@ def test_tokenizer_stages_and_the_engine_load_the_pinned_revision(ray_local, pap
     assert calls == [("OpenGVLab/InternVL2_5-8B", revision, calls[0][2])] and "*.py" in calls[0][2]
     assert udf.tokenizer is not None
     assert vllm_engine.pinned_model_path(local, revision, True) == local  # local folders as they are
+    # Ray ships the pinned UDF classes to its workers by reference (importable module names).
+    from ray import cloudpickle
+
+    for name in ("ChatTemplateStage", "TokenizeStage", "DetokenizeStage"):
+        fn = processor.get_stage_by_name(name).fn
+        assert cloudpickle.loads(cloudpickle.dumps(fn)) is fn
 
 
 def test_structured_outputs_allow_no_free_whitespace():
