@@ -88,3 +88,13 @@ def test_plan_reports_what_ray_would_not_get(monkeypatch):
         build_plan(load_config("gpu-paper"))
     assert len(err.value.problems) == 1
     assert "PrepareMultimodalUDF does not get trust_remote_code" in err.value.problems[0]
+
+
+def test_plan_refuses_internvl_chat_on_the_transformers_engine():
+    code, out, err = _invoke("--profile", "gpu-paper", "--set", "caption.engine=transformers")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "InternVL3_5-8B-HF" in lines[0] and lines[0].startswith("error: caption:")
+    assert _invoke("--profile", "gpu-paper", "--set", "caption.engine=transformers",
+                   "--set", "caption.model=OpenGVLab/InternVL3_5-8B-HF", "--set", "caption.revision=null",
+                   "--set", "caption.engine_kwargs.trust_remote_code=false")[0] == 0

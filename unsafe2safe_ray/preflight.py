@@ -168,6 +168,35 @@ def _check_operator(stage: str, info: dict[str, Any], section: Any, problems: li
             warnings.append(note)
 
 
+# Hub ids of InternVL repos that ship only remote code (model_type internvl_chat); the HF-native
+# ones end in -hf / -HF.
+_INTERNVL_CHAT_ID = re.compile(r"^OpenGVLab/(Mini-)?InternVL[\w.-]*?-\d+B(-MPO|-Instruct|-Pretrained)?$", re.IGNORECASE)
+
+
+def _transformers_loadable(config: JobConfig, name: str) -> str | None:
+    """A line when a transformers-engine stage names a checkpoint that engine cannot load
+    (remote-code ``internvl_chat``): from a local folder's config.json, or a known hub id."""
+    section = getattr(config, name)
+    if name not in config.stages or section.engine != "transformers":
+        return None
+    from unsafe2safe_ray.config import ConfigError
+    from unsafe2safe_ray.engines.transformers_engine import REMOTE_ONLY_MODEL_TYPES, check_loadable
+
+    model = section.model
+    if model.startswith("tiny://") or "://" in model:
+        return None
+    if os.path.isdir(os.path.expanduser(model)):
+        try:
+            check_loadable(model, os.path.expanduser(model), section.revision)
+        except ConfigError as e:
+            return f"{name}: {e}"
+        return None
+    if _INTERNVL_CHAT_ID.match(model) and not model.lower().endswith("-hf"):
+        return (f"{name}: {model} is a remote-code 'internvl_chat' checkpoint that the transformers engine cannot "
+                f"load; use {REMOTE_ONLY_MODEL_TYPES['internvl_chat']}, or engine: vllm")
+    return None
+
+
 def _edit_cost(config: JobConfig) -> dict[str, Any] | None:
     edit = config.edit
     if "edit" not in config.stages or edit.editor not in ("instruct-pix2pix", "flowedit", "kontext"):
@@ -241,6 +270,10 @@ def build_plan(config: JobConfig, stages: str = "all", flag_rate: float = 0.6) -
 
     problems: list[str] = []
     warnings: list[str] = []
+    for name in ("caption", "instruct"):
+        problem = _transformers_loadable(config, name)
+        if problem:
+            problems.append(problem)
     try:
         stage_list = build_stages(config, stages, earlier_uri="memory://preflight-earlier")
     except Exception as e:  # noqa: BLE001 - reported as a misconfiguration
