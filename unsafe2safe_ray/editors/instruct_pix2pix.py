@@ -44,6 +44,12 @@ class InstructPix2PixEditor(Editor):
         import torch
         quiet_diffusers()
         self.device, self.dtype = torch_device_and_dtype(dtype)
+        if pipe is None and model_source is not None:
+            # A folder written by `unsafe2safe finetune` carries its own two-text pipeline.
+            from unsafe2safe_ray.train.model import is_finetuned_editor, load_editor_pipeline
+
+            if is_finetuned_editor(model_source):
+                pipe = load_editor_pipeline(model_source, dtype=self.dtype)
         if pipe is None:
             from diffusers import StableDiffusionInstructPix2PixPipeline
 
@@ -62,8 +68,11 @@ class InstructPix2PixEditor(Editor):
         _, _, strength = check_batch(requests)
         from PIL import Image
 
+        # A fine-tuned two-text editor also reads the caption of the wanted image.
+        texts = {"caption": [req.target_prompt for req in requests]} if getattr(self.pipe, "two_text", False) else {}
         with self._torch.inference_mode():
             out = self.pipe(
+                **texts,
                 prompt=[req.instruction or req.target_prompt for req in requests],
                 image=[Image.fromarray(req.image) for req in requests],
                 num_inference_steps=self.steps,
