@@ -248,6 +248,22 @@ def cost_estimate(config: JobConfig, flag_rate: float) -> dict[str, Any]:
             "gpu_hours_per_million_images": [round(total_low * 1e6 / 3600, 1), round(total_high * 1e6 / 3600, 1)]}
 
 
+def _quiet_ray_llm() -> None:
+    """ray.data.llm logs model downloads (none here) and a telemetry config miss (offline by
+    design) while the processors are built; the plan's own lines say what matters."""
+    import importlib
+    import logging
+
+    for name in ("ray.llm._internal.common.utils.download_utils", "ray.llm._internal.batch.processor.vllm_engine_proc"):
+        try:
+            importlib.import_module(name)  # its logger is set up (at INFO) on import
+        except ImportError:
+            continue
+        logging.getLogger(f"ray.llm.{name}").setLevel(logging.ERROR)  # ray.llm's get_logger prefixes
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)  # "ray.init() again"
+
+
 def _start_local_ray() -> None:
     import logging
 
@@ -274,6 +290,9 @@ def build_plan(config: JobConfig, stages: str = "all", flag_rate: float = 0.6) -
         problem = _transformers_loadable(config, name)
         if problem:
             problems.append(problem)
+    if problems:
+        raise PreflightError(problems)
+    _quiet_ray_llm()
     try:
         stage_list = build_stages(config, stages, earlier_uri="memory://preflight-earlier")
     except Exception as e:  # noqa: BLE001 - reported as a misconfiguration
