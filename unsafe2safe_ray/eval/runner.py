@@ -280,7 +280,7 @@ def summarize(rows: list[dict], options: EvalOptions) -> dict[str, Any]:
         for name in ("clip_score", "clip_directional", "clip_image_similarity"):
             summary[name] = _mean(_column(scored, name))
     if options.wants("judge"):
-        from unsafe2safe_ray.eval.judge import normalized_entropy
+        from unsafe2safe_ray.eval.judge import normalized_entropy, race_entropy_paper
 
         judged = [r for r in scored if "vlm_score" in r and r.get("vlm_score") is not None]
         summary.update(
@@ -288,6 +288,10 @@ def summarize(rows: list[dict], options: EvalOptions) -> dict[str, Any]:
             vlm_score_unparsed=sum(1 for r in judged if math.isnan(r["vlm_score"])),
             race_entropy=_nan_to_none(normalized_entropy(_column(judged, "race_anonymized"))) if judged else None,
             race_entropy_original=_nan_to_none(normalized_entropy(_column(judged, "race_original"))) if judged else None,
+            # The paper-defined number (5 categories, ln 5): the only one compared with the paper.
+            race_entropy_paper=_nan_to_none(race_entropy_paper(_column(judged, "race_anonymized"))) if judged else None,
+            race_entropy_paper_original=(_nan_to_none(race_entropy_paper(_column(judged, "race_original")))
+                                         if judged else None),
         )
     return summary
 
