@@ -25,6 +25,10 @@ def test_inspect_run_fills_the_contract(tmp_path, tiny_models, sample_images):
     config = load_config("tiny", overrides=["io.shard_size=4", "io.read_batch_size=4", "stages=[caption, instruct]"])
     result = run_job(str(src), str(tmp_path / "out"), config, run_id="s1", stages="inspect")
     assert sum(result.counts.values()) == len(names)
+    # The run report names the models the stages loaded and their revisions (issue 14).
+    report = json.loads((tmp_path / "out" / "_runs" / "s1.json").read_text())
+    assert [(m["stage"], m["model"], m["revision"]) for m in report["models"]] == [
+        ("caption", "tiny://qwen2_5_vl", None), ("instruct", "tiny://causal_lm", None)]
 
     output = open_output(str(tmp_path / "out"))
     captions = output.captions().to_pylist()
