@@ -240,7 +240,10 @@ class _StageMetrics:
         if cls._instance is None:
             cls._instance = cls()
         metrics = cls._instance
-        metrics.rows.inc(processed - failed, tags={"stage": stage, "outcome": "ok"})
+        # Ray's Counter.inc refuses 0: only positive amounts are recorded.
+        if processed > failed:
+            metrics.rows.inc(processed - failed, tags={"stage": stage, "outcome": "ok"})
         if failed:
             metrics.rows.inc(failed, tags={"stage": stage, "outcome": "failed"})
-        metrics.seconds.inc(max(seconds, 0.0), tags={"stage": stage})
+        if seconds > 0:
+            metrics.seconds.inc(seconds, tags={"stage": stage})
