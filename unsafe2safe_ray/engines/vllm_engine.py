@@ -332,9 +332,10 @@ def apply_vllm(ds: Any, section: Any, call: VLLMCall) -> Any:
 
 def run_vllm_processor(ds: Any, processor: Any, call: VLLMCall) -> Any:
     """``processor(ds)`` followed by the normalization back to pipeline rows."""
-    return processor(ds).map_batches(
-        normalize_vllm_rows,
+    from unsafe2safe_ray.stages.base import Resources, map_batches
+
+    return map_batches(
+        processor(ds), normalize_vllm_rows, name=f"{call.stage_name}_rows",
+        resources=Resources(num_cpus=0.25, batch_size=None),
         fn_kwargs={"stage_name": call.stage_name, "flag_on_error": call.flag_on_error},
-        batch_format="pyarrow",
-        num_cpus=0.25,
     )

@@ -35,7 +35,7 @@ class Resources:
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    batch_size: int = 8
+    batch_size: int | None = 8  # None: one Ray block per batch
     pool_size: int | None = None
     max_tasks_in_flight: int | None = None
 
