@@ -13,31 +13,15 @@ from unsafe2safe_ray import open_output
 from unsafe2safe_ray.config import load_config
 from unsafe2safe_ray.job import run_job
 
+from _train_inputs import FIT_TWO_CPUS, INPUTS
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local", "tiny_models")]
 
-# Images without faces or text: the fake editor's output passes the verifier without fallback.
-INPUTS = ("coffee.jpg", "chelsea.jpg", "camera.jpg")
-FIT_TWO_CPUS = ["edit.num_cpus=0.5", "ray.decode_num_cpus=0.25", "ray.write_num_cpus=0.25"]
 # Tiny, fast and CPU-sized; min_clip_ratio 0: random tiny-CLIP scores must not decide the set.
 FINETUNE = ["finetune.base_model=tiny://instruct_pix2pix", "finetune.clip_model=tiny://clip",
             "finetune.resolution=32", "finetune.batch_size=2", "finetune.learning_rate=3e-3",
             "finetune.bf16=false", "finetune.cpus_per_worker=0.5", "finetune.shuffle_buffer=0",
             "finetune.min_clip_ratio=0.0", "finetune.filter_batch_size=4"]
-
-
-@pytest.fixture(scope="module")
-def triplets(tmp_path_factory, sample_images):
-    """A job output of edited images with captions and instructions (fake engines and editor)."""
-    root = tmp_path_factory.mktemp("finetune")
-    inputs = root / "in"
-    inputs.mkdir()
-    for name in INPUTS:
-        shutil.copy(sample_images / name, inputs / name)
-    config = load_config("tiny", overrides=["caption.engine=fake", "instruct.engine=fake", "edit.editor=fake",
-                                            *FIT_TWO_CPUS])
-    result = run_job(str(inputs), str(root / "out"), config)
-    assert result.counts["edited"] == len(INPUTS)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +117,7 @@ def test_the_filter_drops_pairs_the_verifier_did_not_pass_cleanly(triplets, tmp_
     _, rows, dropped = candidates([str(out)], str(triplets / "in"))
     assert {d["key"]: d["reason"] for d in dropped} == {keys[0]: "leak", keys[1]: "classic_fallback"}
     assert [r["key"] for r in rows] == [keys[2]]
-    assert rows[0]["original_uri"].endswith(tuple(INPUTS))
+    assert rows[0]["original_uri"].endswith(tuple(INPUTS.values()))
 
 
 def test_the_filter_drops_a_pair_below_the_clip_ratio(sample_images):
