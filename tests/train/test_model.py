@@ -93,3 +93,18 @@ def test_finetune_and_utility_refuse_unknown_settings():
     result = runner.invoke(app, ["utility", "--train", "x", "--test", "y", "--mode", "mae-finetune",
                                  "--set", "utility.epoch=3"])
     assert result.exit_code == 2 and "utility.epoch" in result.output
+
+
+def test_ema_averages_and_swaps_back():
+    from unsafe2safe_ray.train.loop import _Ema
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    ema = _Ema(params, decay=0.5)
+    with torch.no_grad():
+        params[0].fill_(2.0)
+    ema.update(params)
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 1.0))
+    ema.swap(params)  # the averaged weights are live (what a checkpoint's editor folder holds)
+    assert torch.allclose(params[0], torch.full((3,), 1.0))
+    ema.swap(params)
+    assert torch.allclose(params[0], torch.full((3,), 2.0))

@@ -5,8 +5,9 @@ context is the edit instruction's token embeddings followed by the public captio
 (``encode_texts``); the conditioning mode decides how cross-attention reads them:
 
 - ``fused`` (default, the paper's SafeAttention idea): every cross-attention layer attends to the
-  instruction and to the caption separately, with its own weights, and adds the caption's output
-  through a per-layer gate initialized at zero, so the fine-tune starts exactly at the base model;
+  instruction and to the caption separately (same query/key/value projections, two softmaxes) and
+  adds the caption's output through a per-layer gate initialized at zero, so the fine-tune starts
+  exactly at the base model;
 - ``concat``: the stock cross-attention over both token sequences joined.
 
 A saved editor is a complete diffusers pipeline folder plus ``u2s_finetune.json`` (conditioning,
