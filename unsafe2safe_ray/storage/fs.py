@@ -8,7 +8,7 @@ import os
 import posixpath
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -102,18 +102,26 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
         return json.loads(f.read())
 
 
-def read_bytes(fs: fsspec.AbstractFileSystem, path: str, retries: int = 3) -> bytes:
-    """Read a whole file, retrying transient errors with backoff. Missing files are not retried."""
+def with_retries(read: Callable[[], Any], retries: int = 3,
+                 fatal: tuple[type[BaseException], ...] = (FileNotFoundError,)) -> Any:
+    """``read()``, retried with exponential backoff on transient errors (network, throttling:
+    they vary by backend). ``fatal`` errors are raised at once; after ``retries`` retries the
+    last error becomes a ``StorageError``."""
     for attempt in range(retries + 1):
         try:
-            return fs.cat_file(path)
-        except FileNotFoundError:
+            return read()
+        except fatal:
             raise
         except Exception as e:  # noqa: BLE001 - network and throttling errors vary by backend
             if attempt == retries:
                 raise StorageError(f"read failed after {retries + 1} attempts: {type(e).__name__}: {e}") from None
             time.sleep(min(0.2 * 2**attempt, 5.0))
     raise AssertionError("unreachable")
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str, retries: int = 3) -> bytes:
+    """Read a whole file, retrying transient errors with backoff. Missing files are not retried."""
+    return with_retries(lambda: fs.cat_file(path), retries)
 
 
 def check_reachable(fs: fsspec.AbstractFileSystem, path: str, what: str) -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 from typing import Any, Callable
 
-from unsafe2safe_ray.storage.fs import StorageError, is_local
+from unsafe2safe_ray.storage.fs import StorageError, is_local, with_retries
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
@@ -32,16 +31,8 @@ class ReadTimeout(StorageError):
 def read_bounded(fs: Any, path: str, max_bytes: int, timeout_s: float, retries: int = 3) -> bytes:
     """Read a whole regular file of at most ``max_bytes`` bytes, retrying transient errors with
     backoff. ``FileNotFoundError``, ``ReadRefused`` and ``ReadTimeout`` are raised at once."""
-    for attempt in range(retries + 1):
-        try:
-            return _with_timeout(lambda: _read_once(fs, path, max_bytes), timeout_s)
-        except (FileNotFoundError, ReadRefused, ReadTimeout):
-            raise
-        except Exception as e:  # noqa: BLE001 - network and throttling errors vary by backend
-            if attempt == retries:
-                raise StorageError(f"read failed after {retries + 1} attempts: {type(e).__name__}: {e}") from None
-            time.sleep(min(0.2 * 2**attempt, 5.0))
-    raise AssertionError("unreachable")
+    return with_retries(lambda: _with_timeout(lambda: _read_once(fs, path, max_bytes), timeout_s), retries,
+                        fatal=(FileNotFoundError, ReadRefused, ReadTimeout))
 
 
 def _too_big(size: int, max_bytes: int) -> ReadRefused:
