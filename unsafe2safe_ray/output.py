@@ -215,13 +215,27 @@ class CommittedOutput:
         ``IntegrityError`` for a missing or damaged file, and for a committed ``edited`` or
         ``passed`` row whose image is not in its tar.
         """
+        for part in self.parts():
+            yield from self.iter_part(part)
+
+    def parts(self) -> list[dict[str, Any]]:
+        """The committed parts in ``iter_samples`` order, each ``{"shard", "captions",
+        "images"}`` (paths relative to the root; ``images`` None for a part without a tar).
+        Small picklable work items for ``iter_part``, so a reader can spread the parts over
+        processes (``evaluate`` reads one part per Ray task)."""
+        parts = []
         for shard in self.shards:
             files = self.markers[shard]["files"]
             tars = {posixpath.splitext(posixpath.basename(rel))[0]: rel for rel in files.get("images", [])}
             for cap_rel in sorted(files.get("captions", [])):
-                rows = sorted(self._parquet(cap_rel, records.CAPTIONS_SCHEMA).to_pylist(), key=lambda r: r["key"])
                 stem = posixpath.splitext(posixpath.basename(cap_rel))[0]
-                yield from self._iter_part(tars.get(stem), rows)
+                parts.append({"shard": shard, "captions": cap_rel, "images": tars.get(stem)})
+        return parts
+
+    def iter_part(self, part: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """``iter_samples`` of one item of ``parts()``: the same samples, checks and errors."""
+        rows = sorted(self._parquet(part["captions"], records.CAPTIONS_SCHEMA).to_pylist(), key=lambda r: r["key"])
+        yield from self._iter_part(part["images"], rows)
 
     def dataset(self):
         """A Ray Dataset of committed samples: key, ext, image (encoded bytes), meta (JSON).

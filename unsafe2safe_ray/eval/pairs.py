@@ -2,15 +2,20 @@
 
 Two kinds of anonymized source are accepted:
 
-- a pipeline output (it has ``_commits/``): read through ``unsafe2safe_ray.output.open_output``;
-  each committed row names its original by ``source_uri`` and carries regions and captions;
+- a pipeline output (it has ``_commits/``): read through ``unsafe2safe_ray.output.open_output``,
+  one committed part per Ray task (``CommittedOutput.parts`` / ``iter_part``), so the driver
+  never holds the samples; each committed row names its original by ``source_uri`` and carries
+  regions and captions;
 - a plain folder of images (a baseline from another tool, e.g. deface): files are matched to the
   originals by their relative path without extension (a ``_anonymized`` suffix is ignored).
+
+``pair_dataset`` returns one Ray Dataset of pair rows (``PAIR_SCHEMA``) over every method.
 """
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from typing import Any
 
 from unsafe2safe_ray import records
@@ -18,6 +23,22 @@ from unsafe2safe_ray.storage.fs import filesystem
 
 # Suffixes other anonymizers append to file names (deface writes NAME_anonymized.jpg).
 TOOL_SUFFIXES = ("_anonymized",)
+# Pair rows per Arrow batch read from a committed part (raw RGB of the output travels with them).
+PART_BATCH_ROWS = 32
+# Blocks a folder baseline's pair table is cut into (parallelism of the scoring actors).
+FOLDER_BLOCKS = 64
+
+
+def pair_schema():
+    """The pair rows' columns, typed once so that every Ray block agrees."""
+    import pyarrow as pa
+
+    text = pa.string()
+    return pa.schema([
+        ("method", text), ("key", text), ("source_uri", text), ("label", text), ("status", text),
+        ("regions", text), ("public_caption", text), ("edited_caption", text), ("anonymized_uri", text),
+        ("anonymized", pa.binary()), ("anonymized_height", pa.int64()), ("anonymized_width", pa.int64()),
+    ])
 
 
 def is_pipeline_output(uri: str, storage_options: dict | None = None) -> bool:
@@ -62,24 +83,60 @@ def edited_caption(caption: dict) -> str | None:
     return None
 
 
-def output_pairs(method: str, uri: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
-    """One pair row per committed sample of a pipeline output (failed rows included, no pixels)."""
+def sample_pair_row(method: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """The pair row of one ``iter_samples`` sample (failed rows included, without pixels)."""
+    caption = sample["caption"]
+    image = sample.get("image")
+    return _pair_row(
+        method, sample["key"], caption["source_uri"],
+        label=caption.get("label"), status=caption.get("status") or records.EDITED,
+        regions=caption.get("regions") or "[]", public_caption=caption.get("public_caption"),
+        edited_caption=edited_caption(caption),
+        anonymized=None if image is None else image.tobytes(),
+        anonymized_height=None if image is None else int(image.shape[0]),
+        anonymized_width=None if image is None else int(image.shape[1]),
+    )
+
+
+def output_pairs(method: str, uri: str, storage_options: dict | None = None) -> Iterator[dict[str, Any]]:
+    """One pair row per committed sample of a pipeline output, streamed in this process."""
     from unsafe2safe_ray.output import open_output
 
-    rows = []
     for sample in open_output(uri, storage_options=storage_options).iter_samples():
-        caption = sample["caption"]
-        image = sample.get("image")
-        rows.append(_pair_row(
-            method, sample["key"], caption["source_uri"],
-            label=caption.get("label"), status=caption.get("status") or records.EDITED,
-            regions=caption.get("regions") or "[]", public_caption=caption.get("public_caption"),
-            edited_caption=edited_caption(caption),
-            anonymized=None if image is None else image.tobytes(),
-            anonymized_height=None if image is None else int(image.shape[0]),
-            anonymized_width=None if image is None else int(image.shape[1]),
-        ))
-    return rows
+        yield sample_pair_row(method, sample)
+
+
+def output_pair_dataset(method: str, uri: str, storage_options: dict | None = None):
+    """A Ray Dataset of the pair rows of a pipeline output: one read task per committed part
+    (operator ``read_pairs``), through the users' reader (``open_output``: committed files only,
+    each checked against its marker). Returns (dataset, number of parts)."""
+    import pyarrow as pa
+    import ray
+
+    from unsafe2safe_ray.output import open_output
+    from unsafe2safe_ray.stages.base import Resources, map_batches
+
+    reader = open_output(uri, storage_options=storage_options)
+    parts = reader.parts()
+    schema = pair_schema()
+
+    def read_parts(batch: pa.Table) -> Iterator[pa.Table]:
+        for part in batch.to_pylist():
+            part = {"shard": part["shard"], "captions": part["captions"], "images": part["images"] or None}
+            rows: list[dict[str, Any]] = []
+            for sample in reader.iter_part(part):
+                rows.append(sample_pair_row(method, sample))
+                if len(rows) >= PART_BATCH_ROWS:
+                    yield pa.Table.from_pylist(rows, schema=schema)
+                    rows = []
+            if rows:
+                yield pa.Table.from_pylist(rows, schema=schema)
+
+    if not parts:
+        return None, 0
+    items = [{"shard": p["shard"], "captions": p["captions"], "images": p["images"] or ""} for p in parts]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))  # one read task per part
+    return map_batches(ds, read_parts, name="read_pairs", resources=Resources(num_cpus=0.5, batch_size=1)), len(parts)
 
 
 def _relative_stems(uri: str, storage_options: dict | None) -> dict[str, str]:
@@ -115,8 +172,40 @@ def folder_pairs(method: str, original: str, anonymized: str,
     return rows
 
 
+def folder_pair_dataset(method: str, original: str, anonymized: str, storage_options: dict | None = None):
+    """A Ray Dataset of ``folder_pairs`` (names only: the scoring actors read the pixels).
+    Matching names needs both listings, which the driver holds as one Arrow table of URIs.
+    Returns (dataset, number of pairs)."""
+    import pyarrow as pa
+    import ray
+
+    table = pa.Table.from_pylist(folder_pairs(method, original, anonymized, storage_options), schema=pair_schema())
+    if table.num_rows == 0:
+        return None, 0
+    blocks = max(1, min(table.num_rows, FOLDER_BLOCKS))
+    step = -(-table.num_rows // blocks)
+    return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)]), table.num_rows
+
+
+def pair_dataset(original: str, methods: dict[str, str], storage_options: dict | None = None):
+    """One Ray Dataset of the pair rows of every method (pipeline outputs and plain folders
+    alike), in method order; None when there is nothing to pair."""
+    datasets = []
+    for method, uri in methods.items():
+        if is_pipeline_output(uri, storage_options):
+            ds, count = output_pair_dataset(method, uri, storage_options)
+        else:
+            ds, count = folder_pair_dataset(method, original, uri, storage_options)
+        if count:
+            datasets.append(ds)
+    if not datasets:
+        return None
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
 def build_pairs(original: str, methods: dict[str, str], storage_options: dict | None = None) -> list[dict]:
-    """Pair rows of every method, pipeline outputs and plain folders alike."""
+    """Pair rows of every method as one list in this process (small inputs, tests); the
+    evaluate job streams ``pair_dataset`` instead."""
     rows: list[dict] = []
     for method, uri in methods.items():
         if is_pipeline_output(uri, storage_options):

@@ -2,7 +2,11 @@
 
 ``report.html`` is publishable: its gallery shows the anonymized outputs only. The private
 report (``private/report_private.html``, written with ``--include-private``) shows each output
-beside a thumbnail of its original and must never be published."""
+beside a thumbnail of its original and must never be published.
+
+The gallery comes from bounded state (``Gallery``: the worst rows seen, ``GALLERY_LIMIT`` per
+method) and the distributions from fixed-bin histograms in the summary, so rendering does not
+need every scored row."""
 
 from __future__ import annotations
 
@@ -59,6 +63,8 @@ td.na{color:#9aa5b1;font-style:italic} .warn{background:#fff4e5;border-left:4px 
 .pair{display:flex;gap:4px} .pair figure{margin:0;flex:1;text-align:center} .pair img{max-width:164px;max-height:164px}
 figcaption{font-size:11px;color:#5d6b7a} .card .key{font-size:12px;font-weight:600;word-break:break-all}
 .card .m{font-size:11px;color:#37434f}
+td.hist{text-align:left;white-space:nowrap;vertical-align:bottom;height:36px}
+.bar{display:inline-block;width:7px;margin-right:1px;background:#5b8def;vertical-align:bottom}
 """
 
 
@@ -111,6 +117,78 @@ def _badness(row: dict) -> tuple:
     return (-value("face_sim"), -value("text_sim_token_set"), row.get("key") or "")
 
 
+# What a gallery card shows (the rest of a scored row is dropped when it enters a Gallery).
+CARD_FIELDS = ("method", "key", "source_uri", "face_sim", "face_count_original", "face_count_redetected",
+               "text_sim_token_set", "text_cer", "ssim_outside_regions", "vlm_score", "thumb_anonymized")
+
+
+class Gallery:
+    """One method's worst-first gallery from bounded state: the ``limit`` rows with the worst
+    privacy (``_badness``) among the rows with pictures, and how many such rows were seen.
+
+    Rows come one at a time, in any order; at most ``2 * limit`` are held. The originals'
+    thumbnails are kept only with ``keep_originals`` (for the private report). A scored row
+    without thumbnails (``pictured``: its actor ranked it out of its own worst rows, so it
+    cannot be among the worst overall) is counted, not kept.
+    """
+
+    def __init__(self, limit: int | None = None, keep_originals: bool = False) -> None:
+        self.limit, self.keep_originals = limit or GALLERY_LIMIT, keep_originals
+        self.count = 0
+        self._rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        if not (row.get("pictured") or row.get("thumb_original")):
+            return
+        self.count += 1
+        if not (row.get("thumb_anonymized") or row.get("thumb_original")):
+            return
+        kept = {k: row.get(k) for k in CARD_FIELDS}
+        if self.keep_originals:
+            kept["thumb_original"] = row.get("thumb_original")
+        self._rows.append(kept)
+        if len(self._rows) >= 2 * self.limit:
+            self._rows = sorted(self._rows, key=_badness)[: self.limit]
+
+    def rows(self) -> list[dict]:
+        """The worst rows, worst first."""
+        return sorted(self._rows, key=_badness)[: self.limit]
+
+    @classmethod
+    def from_rows(cls, rows, method: str, keep_originals: bool = True) -> Gallery:
+        gallery = cls(keep_originals=keep_originals)
+        for row in rows:
+            if row.get("method") == method:
+                gallery.add(row)
+        return gallery
+
+
+def _histograms(summary: dict) -> str:
+    """Fixed-bin distributions of the main metrics, one row per metric and method."""
+    labels = {key: label for key, label, _, _ in METRIC_ROWS}
+    lines = []
+    for method, numbers in summary["by_method"].items():
+        for name, hist in (numbers.get("histograms") or {}).items():
+            if not hist.get("n"):
+                continue
+            top = max(hist["counts"]) or 1
+            width = (hist["high"] - hist["low"]) / len(hist["counts"])
+            bars = "".join(
+                f"<span class='bar' style='height:{max(1, round(32 * c / top))}px' "
+                f"title='[{hist['low'] + i * width:g}, {hist['low'] + (i + 1) * width:g}): {c}'></span>"
+                for i, c in enumerate(hist["counts"]))
+            outside = f"{hist['below']} below, {hist['above']} above" if hist["below"] or hist["above"] else ""
+            lines.append(f"<tr><td class='name' data-metric='{name}'>{html.escape(labels.get(name, name))}</td>"
+                         f"<td class='name'>{html.escape(method)}</td><td>{hist['n']}</td><td>{_fmt(hist['low'])}</td>"
+                         f"<td class='hist'>{bars}</td><td>{_fmt(hist['high'])}</td><td>{outside}</td></tr>")
+    if not lines:
+        return ""
+    return ("<h2>Distributions</h2><p class='muted'>Fixed bins between the two bounds; FaceSim per original "
+            "face with a face in the output, the others per scored image.</p>"
+            "<table id='histograms'><thead><tr><th>metric</th><th>method</th><th>n</th><th>from</th>"
+            "<th>bins</th><th>to</th><th>outside</th></tr></thead><tbody>" + "\n".join(lines) + "</tbody></table>")
+
+
 def _card(row: dict, private: bool = False) -> str:
     metrics = []
     for name, label in (("face_sim", "FaceSim"), ("face_count_original", "faces"),
@@ -142,8 +220,13 @@ def _privacy_note(summary: dict, private: bool) -> str:
             f"pictures of them. {where}</p>")
 
 
-def render_report(summary: dict, rows: list[dict], private: bool = False) -> str:
-    """The report page as a string; ``private`` adds the originals' thumbnails to the gallery."""
+def render_report(summary: dict, galleries, private: bool = False) -> str:
+    """The report page as a string; ``private`` adds the originals' thumbnails to the gallery.
+
+    ``galleries``: method -> ``Gallery`` (what ``evaluate_outputs`` keeps), or a list of scored
+    rows (small inputs)."""
+    if not isinstance(galleries, dict):
+        galleries = {m: Gallery.from_rows(galleries, m) for m in summary["by_method"]}
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>unsafe2safe evaluation{' (PRIVATE)' if private else ''}</title>",
@@ -163,21 +246,24 @@ def render_report(summary: dict, rows: list[dict], private: bool = False) -> str
         f"are the published numbers ({html.escape(PAPER_SOURCE)}); they were measured on other data "
         "with other models (ArcFace, a VLM reader for TextSim), so compare trends, not digits.</p>",
         _summary_table(summary),
+        _histograms(summary),
     ]
     for method in summary["by_method"]:
-        chosen = sorted((r for r in rows if r["method"] == method and r.get("thumb_original")), key=_badness)
-        parts.append(f"<h2>Gallery: {html.escape(method)} (worst privacy first, {min(len(chosen), GALLERY_LIMIT)} "
-                     f"of {len(chosen)})</h2>")
+        gallery = galleries.get(method) or Gallery()
+        chosen = gallery.rows()
+        parts.append(f"<h2>Gallery: {html.escape(method)} (worst privacy first, {len(chosen)} "
+                     f"of {gallery.count})</h2>")
         parts.append("<p class='muted'>Boxes: the sensitive regions the pipeline recorded (red people, blue text).</p>")
-        parts.append("<div class='gallery'>" + "".join(_card(r, private) for r in chosen[:GALLERY_LIMIT]) + "</div>")
+        parts.append("<div class='gallery'>" + "".join(_card(r, private) for r in chosen) + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(path: str, summary: dict, rows: list[dict], storage_options: dict | None = None,
+def write_report(path: str, summary: dict, galleries, storage_options: dict | None = None,
                  private: bool = False) -> None:
-    """Render and write the report atomically to ``path`` (any fsspec URI)."""
+    """Render and write the report atomically to ``path`` (any fsspec URI); ``galleries`` as in
+    ``render_report``."""
     from unsafe2safe_ray.storage.fs import atomic_write, filesystem
 
     fs, fs_path = filesystem(path, storage_options)
-    atomic_write(fs, fs_path, render_report(summary, rows, private).encode("utf-8"))
+    atomic_write(fs, fs_path, render_report(summary, galleries, private).encode("utf-8"))
