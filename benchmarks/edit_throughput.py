@@ -106,7 +106,7 @@ def _build_full_pipeline(editor: str, cap: int | None, scheduler):
         StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel,
     )
 
-    from unsafe2safe_ray.testing.tiny_diffusion import _clip_tokenizer, _t5_tokenizer
+    from unsafe2safe_ray.tiny_models.diffusion import _clip_tokenizer, _t5_tokenizer
 
     tok = _clip_tokenizer()
     if editor == "flowedit":  # stabilityai/stable-diffusion-3-medium-diffusers

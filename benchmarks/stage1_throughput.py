@@ -94,7 +94,7 @@ def wide_tokenizer(target: int = 151_665):
     from transformers import PreTrainedTokenizerFast
 
     from unsafe2safe_ray import prompts
-    from unsafe2safe_ray.testing.tiny_text import _CHAT_TEMPLATE, _CORPUS, _SPECIAL_TOKENS
+    from unsafe2safe_ray.tiny_models.text import _CHAT_TEMPLATE, _CORPUS, _SPECIAL_TOKENS
 
     corpus = list(_CORPUS) + [c for _, _, c in IMAGES]
     for name in ("inspect", "instruct", "criteria"):
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
           f"device={name} torch threads={torch.get_num_threads()} items={n} batch={args.batch} "
           f"max_image_side={config.caption.max_image_side}", flush=True)
 
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source
 
     results, unit = [], {"caption": "images", "instruct": "prompts"}
     for which in [m.strip() for m in args.models.split(",") if m.strip()]:

@@ -23,6 +23,13 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 # Tiny models persist under the repo's .cache (gitignored), so local reruns skip the builds.
 # Set before Ray starts so that workers inherit it.
 os.environ.setdefault("U2S_TINY_DIR", str(REPO / ".cache" / "tiny"))
+# Test-only stages live in tests/_stages.py, outside the package: register them by name and put
+# tests/ on PYTHONPATH, both before Ray starts, so that Ray workers and CLI subprocesses (which
+# inherit this environment) import them too.
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
+os.environ["U2S_EXTRA_STAGES"] = "testing.flag_all=_stages:FlagAllStage"
 
 
 @pytest.fixture(scope="session")
@@ -102,12 +109,12 @@ def tiny_models():
     The ``tiny`` profile resolves ``tiny://name`` under ``$U2S_TINY_DIR``, so Ray workers started
     after this fixture find the same models.
     """
-    from unsafe2safe_ray.testing import builders, tiny
+    from unsafe2safe_ray.models import resolve_model_source
+    from unsafe2safe_ray.tiny_models import BUILDERS, tiny_root
 
-    root = tiny.tiny_root()
-    for name in builders.BUILDERS:
-        tiny.resolve_model_source(f"tiny://{name}")
-    return root
+    for name in BUILDERS:
+        resolve_model_source(f"tiny://{name}")
+    return tiny_root()
 
 
 @pytest.fixture(scope="session")

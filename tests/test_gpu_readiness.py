@@ -21,7 +21,7 @@ def test_fp16_keeps_t5_wo_in_fp32(tiny_models):
     import torch
 
     from unsafe2safe_ray.editors.flowedit_sd3 import FlowEditSD3Editor
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source
 
     editor = FlowEditSD3Editor(resolve_model_source("tiny://sd3"), dtype="float16", steps=4, n_max=3)
     t5 = editor.pipe.text_encoder_3

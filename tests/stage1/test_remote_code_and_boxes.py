@@ -54,7 +54,7 @@ def test_multimodal_preparation_gets_remote_code_and_the_revision(ray_local, pap
 
 def test_tokenizer_stages_and_the_engine_load_the_pinned_revision(ray_local, paper_config, monkeypatch, tiny_models):
     from unsafe2safe_ray.engines import vllm_engine
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source
 
     config = load_config("gpu-paper", overrides=["caption.revision=0123456789abcdef0123456789abcdef01234567",
                                                  "caption.model=tiny://qwen2_5_vl"])

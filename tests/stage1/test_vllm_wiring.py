@@ -161,7 +161,7 @@ def test_instruct_processor_runs_over_a_dataset_with_the_engine_mocked(ray_local
     from ray.llm._internal.batch.stages.base import StatefulStageUDF
     from transformers import AutoTokenizer
 
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source
 
     model_dir = resolve_model_source("tiny://causal_lm")
 

@@ -21,7 +21,7 @@ def _base():
 def test_fused_attention_starts_exactly_at_the_base_model():
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source
     from unsafe2safe_ray.train.model import encode_texts
 
     base = StableDiffusionInstructPix2PixPipeline.from_pretrained(resolve_model_source("tiny://instruct_pix2pix"))

@@ -13,11 +13,17 @@ __all__ = ["EDITOR_NAMES", "EditRequest", "Editor", "load_editor"]
 
 def load_editor(name: str, config: Any) -> Editor:
     """Build the editor ``name`` from a ``JobConfig`` (its ``edit`` section; ``classic`` also
-    reads ``classic``). Model sources may be ``tiny://<name>``. ``fake:<failure>`` builds
+    reads ``classic``). Model sources: hub id, local folder, ``s3://``/``gs://`` prefix or
+    ``tiny://<name>`` (``unsafe2safe_ray.models``). ``fake:<failure>`` builds
     the test fake with an injected failure (see ``editors.fake``)."""
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source as _resolve
 
     edit = config.edit
+    storage_options = config.io.storage_options
+
+    def resolve_model_source(source: str) -> str:
+        return _resolve(source, storage_options=storage_options)
+
     base, _, option = name.partition(":")
     if base == "instruct-pix2pix":
         from unsafe2safe_ray.editors.instruct_pix2pix import InstructPix2PixEditor

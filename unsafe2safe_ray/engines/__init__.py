@@ -23,8 +23,6 @@ def load_engine(kind: str, model: str, **kwargs: Any) -> TextEngine:
     ``kwargs`` go to the engine's constructor (transformers: device, dtype, max_image_side,
     threads, trust_remote_code, seed; fake: script).
     """
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
-
     if kind == "fake":
         from unsafe2safe_ray.engines.fake import FakeEngine
 
@@ -32,7 +30,7 @@ def load_engine(kind: str, model: str, **kwargs: Any) -> TextEngine:
     if kind == "transformers":
         from unsafe2safe_ray.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(resolve_model_source(model), **kwargs)
+        return TransformersEngine(model, **kwargs)  # resolved by unsafe2safe_ray.models
     if kind == "vllm":
         raise ValueError("the vllm engine runs as a ray.data.llm processor over a Dataset; "
                          "use the stage's apply(ds), not load_engine")

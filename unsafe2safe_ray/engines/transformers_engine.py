@@ -9,35 +9,15 @@ finished answer is valid JSON of that schema. An answer the token limit cut is r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from unsafe2safe_ray.engines.base import GenerationRequest, GenerationResult, TextEngine, fit_image
+from unsafe2safe_ray.models import hub_kwargs, resolve_model_source
 
 log = logging.getLogger(__name__)
-
-
-def localize_model_source(source: str, cache_dir: str | Path | None = None) -> str:
-    """A local directory for ``source``: remote URIs (``s3://``, ``gs://`` ...) are copied once
-    into a cache; local paths and hub ids pass through unchanged."""
-    if "://" not in source or source.startswith("file://"):
-        return source.removeprefix("file://")
-    import fsspec
-
-    root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "unsafe2safe_ray" / "models"
-    target = root / hashlib.sha256(source.encode()).hexdigest()[:16]
-    if (target / ".complete").exists():
-        return str(target)
-    fs, path = fsspec.core.url_to_fs(source)
-    tmp = target.with_name(target.name + ".tmp")
-    fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
-    (tmp / ".complete").write_text(source + "\n")
-    tmp.replace(target)
-    return str(target)
 
 
 # model_type of checkpoints whose only loader is their repo's own code (AutoModel + model.chat),
@@ -103,9 +83,9 @@ class TransformersEngine(TextEngine):
         self.device = device
         self.max_image_side = max_image_side
         self.seed = seed
-        path = localize_model_source(model)
+        path = resolve_model_source(model, revision=revision)
         check_loadable(model, path, revision)
-        pinned = {"revision": revision} if revision else {}
+        pinned = hub_kwargs(model, revision)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **pinned)
         self.is_vision = hasattr(config, "vision_config")
         torch_dtype = _torch_dtype(dtype, device)

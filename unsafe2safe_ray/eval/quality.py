@@ -15,12 +15,13 @@ import numpy as np
 
 
 class ClipScorer:
-    """A CLIP model and processor loaded once (hub id, local directory or ``tiny://name``)."""
+    """A CLIP model and processor loaded once (hub id, local folder, ``s3://``/``gs://`` prefix or
+    ``tiny://name``: ``unsafe2safe_ray.models``)."""
 
     def __init__(self, source: str, device: str = "cpu") -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        from unsafe2safe_ray.testing.tiny import resolve_model_source
+        from unsafe2safe_ray.models import resolve_model_source
 
         path = resolve_model_source(source)
         self.device = device

@@ -151,10 +151,10 @@ def _finetune_accuracy(train_rows: list[dict], test_rows: list[dict], model: str
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source
 
     torch.manual_seed(0)
-    path = resolve_model_source(model)
+    path = resolve_model_source(model, storage_options=storage_options)
     clip = CLIPModel.from_pretrained(path)
     processor = CLIPProcessor.from_pretrained(path)
     tower, projection = clip.vision_model, clip.visual_projection

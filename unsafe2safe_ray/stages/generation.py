@@ -85,11 +85,12 @@ class GenerationStage(Stage):
     def vllm_call(self):
         """The ``VLLMCall`` of this stage (its request and answer, and the decoding settings)."""
         from unsafe2safe_ray.engines.vllm_engine import VLLMCall
-        from unsafe2safe_ray.testing.tiny import resolve_model_source
+        from unsafe2safe_ray.models import resolve_model_source
 
         return VLLMCall(
             stage_name=self.name,
-            model_source=resolve_model_source(self.section.model),
+            # s3:// and gs:// stay URIs: ray.data.llm copies them onto each node itself.
+            model_source=resolve_model_source(self.section.model, keep_remote=True),
             request=self._vllm_request,
             answer=self.answer,
             max_tokens=self.section.max_new_tokens,

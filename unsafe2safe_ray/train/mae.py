@@ -102,7 +102,7 @@ def build_classifier(mae_source: str, num_classes: int):
     import torch
     from transformers import ViTConfig, ViTMAEModel, ViTModel
 
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    from unsafe2safe_ray.models import resolve_model_source
 
     mae = ViTMAEModel.from_pretrained(resolve_model_source(mae_source))
     c = mae.config

@@ -18,9 +18,7 @@ caption next to the instruction.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -127,28 +125,11 @@ def is_finetuned_editor(source: str, storage_options: dict | None = None) -> boo
 
 
 def local_model_dir(source: str, storage_options: dict | None = None) -> str:
-    """A local folder holding ``source``: local paths unchanged, ``tiny://`` built, fsspec URIs
-    (s3://, gs://, ...) copied once into ``~/.cache/unsafe2safe_ray/models/``."""
-    from unsafe2safe_ray.testing.tiny import resolve_model_source
+    """A local folder holding ``source`` (``unsafe2safe_ray.models.resolve_model_source``: local
+    paths unchanged, ``tiny://`` built, fsspec URIs copied once per node)."""
+    from unsafe2safe_ray.models import resolve_model_source
 
-    if source.startswith("tiny://"):
-        return resolve_model_source(source)
-    if source.startswith("file://"):
-        return source[len("file://"):]
-    if "://" not in source:
-        return source
-    import fsspec
-
-    cache = Path(os.environ.get("U2S_MODEL_CACHE", Path.home() / ".cache" / "unsafe2safe_ray" / "models"))
-    target = cache / hashlib.sha256(source.encode()).hexdigest()[:16]
-    if not (target / ".complete").exists():
-        fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
-        (tmp / ".complete").write_text("ok\n")
-        os.replace(tmp, target)
-    return str(target)
+    return resolve_model_source(source, storage_options=storage_options)
 
 
 def read_manifest(path: str) -> dict[str, Any]:

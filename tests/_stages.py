@@ -1,5 +1,7 @@
-"""Test-only stages (registered as ``testing.*``): they exercise the job's semantics without
-models. Not used by any shipped profile."""
+"""Test-only stages: they exercise the job's semantics without models. Not part of the package:
+``tests/conftest.py`` registers them (``$U2S_EXTRA_STAGES``, read by ``unsafe2safe_ray.stages``)
+and puts ``tests/`` on ``PYTHONPATH`` so that Ray workers and CLI subprocesses import this module.
+The ``U2S_TEST_*`` variables below steer them; nothing in the package reads them."""
 
 from __future__ import annotations
 
