@@ -11,7 +11,6 @@ import os
 import struct
 import tarfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

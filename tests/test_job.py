@@ -190,7 +190,9 @@ def test_run_report_has_totals_and_stage_times(mixed):
     root, out, _, result = mixed
     report = json.loads((out / "_runs" / "first.json").read_text())
     assert report["images"] == sum(result.counts.values())
-    assert report["stage_seconds"]["decode"] > 0 and report["images_per_second"] > 0
+    # Seconds per Ray operator, from Ray's own stats (operators are named after the stages).
+    assert any("(decode)" in op and s > 0 for op, s in report["stage_seconds"].items())
+    assert report["images_per_second"] > 0
     assert report["config"]["profile"] == "none"
 
 
@@ -201,10 +203,10 @@ def test_published_regions_carry_no_recognized_text(tmp_path):
     row = records.new_row("000000000", 0, "file:///x.jpg", None, 1)
     records.set_image(row, np.zeros((8, 8, 3), np.uint8))
     row.update(status=records.EDITED, privacy_flag=True,
-               regions=json.dumps([{"category": "text_and_symbols", "bbox": [0, 0, 4, 4], "text": "KX 482 TB"}]))
+               regions=list([{"category": "text_and_symbols", "bbox": [0, 0, 4, 4], "text": "KX 482 TB"}]))
     sample = stage.to_sample(row)
-    assert json.loads(sample.caption_row["regions"]) == [{"category": "text_and_symbols", "bbox": [0, 0, 4, 4]}]
-    assert "KX 482 TB" in sample.private_row["regions"]
+    assert sample.caption_row["regions"] == [{"category": "text_and_symbols", "bbox": [0, 0, 4, 4]}]
+    assert sample.private_row["regions"][0]["text"] == "KX 482 TB"
 
 
 def test_actor_pools_that_starve_the_read_tasks_are_refused(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from _corpus import write_corpus, write_good_images
+from _corpus import write_good_images
 from unsafe2safe_ray import open_output
 from unsafe2safe_ray.config import load_config
 from unsafe2safe_ray.job import run_job, shard_status

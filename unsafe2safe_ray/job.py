@@ -351,8 +351,6 @@ def _run_leased(input_uri: str, output_uri: str, config: JobConfig, layout: Outp
                     tracker.files[kind].add(rel)
                     if info:
                         tracker.file_info[rel] = info
-                for stage, secs in records.json_dict(row["stage_seconds"]).items():
-                    stage_seconds[stage] += secs
                 report["images_done"] += 1
                 # 7. Commit as soon as the shard is complete.
                 if len(tracker.keys) == tracker.expected:
@@ -364,8 +362,9 @@ def _run_leased(input_uri: str, output_uri: str, config: JobConfig, layout: Outp
                     report["shards_done"] += 1
             if progress:
                 progress(dict(report, elapsed=time.perf_counter() - start))
-        # Ray's own per-operator stats name every stage (stages.base.named).
-        operators = re.findall(r"^Operator \d+ ([^:]+):", ds.stats(), flags=re.M)
+        # Ray's own per-operator stats name every stage (stages.base.named) and time it.
+        stage_seconds.update(operator_seconds(ds.stats()))
+        operators = list(stage_seconds)
 
     result = RunResult(run_id, output_uri, selected, sorted(committed), sorted(trackers),
                        {s: totals.get(s, 0) for s in records.FINAL_STATUSES},
@@ -381,6 +380,27 @@ def _run_leased(input_uri: str, output_uri: str, config: JobConfig, layout: Outp
                             models=_model_manifest(config),
                             previous_config_digests=earlier_digests, versions=versions)))
     return result
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def operator_seconds(stats: str) -> dict[str, float]:
+    """``{operator: remote wall seconds}`` from ``Dataset.stats()`` text: each operator's name
+    (``MapBatches(detect)``, fused ones joined by ``->``) and its total remote wall time."""
+    out: dict[str, float] = {}
+    name = None
+    for line in stats.splitlines():
+        header = re.match(r"^Operator \d+ ([^:]+):", line)
+        if header:
+            name = header.group(1)
+            out.setdefault(name, 0.0)
+            continue
+        total = re.search(r"Remote wall time: .*?([\d.]+)(us|ms|s|min|h) total", line)
+        if name is not None and total:
+            out[name] += float(total.group(1)) * _UNITS[total.group(2)]
+            name = None
+    return out
 
 
 def _skipped_checks(layout: OutputLayout, run_ids: set[str]) -> dict[str, list[str]]:

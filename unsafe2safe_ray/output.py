@@ -114,8 +114,10 @@ class CommittedOutput:
     def _parquet(self, rel: str, schema: pa.Schema) -> pa.Table:
         data = self.read_file(rel)
         try:
-            return pq.read_table(io.BytesIO(data), schema=schema)
-        except (pa.ArrowException, OSError) as e:
+            # Any schema version this reader knows (records.upgrade_table): version 1 parts of
+            # older outputs come back in today's nested types.
+            return records.upgrade_table(pq.read_table(io.BytesIO(data)), schema)
+        except (pa.ArrowException, OSError, ValueError) as e:
             raise self._damaged(rel, f"unreadable Parquet ({e})") from None
 
     def captions(self) -> pa.Table:
@@ -258,7 +260,9 @@ class CommittedOutput:
                     s["ext"], s["image"] = ext, data
             return list(samples.values())
 
-        return ray.data.from_items(items).flat_map(read_tar)
+        from unsafe2safe_ray.stages.base import flat_map
+
+        return flat_map(ray.data.from_items(items), read_tar, name="read_samples", num_cpus=0.25)
 
 
 def open_output(uri: str, storage_options: dict[str, Any] | None = None) -> CommittedOutput:

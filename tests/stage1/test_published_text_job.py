@@ -71,10 +71,10 @@ def test_copied_private_details_never_reach_published_files(tmp_path, sample_ima
     assert plate_row["privacy_flag"] and plate_row["edit_instruction"] and plate_row["combined_caption"]
     for row in (plate_row, coffee_row):
         assert "[redacted]" in row["public_caption"], row["public_caption"]
-        verification = json.loads(row["verification"])
+        verification = row["verification"]
         assert verification["text_redactions"] >= 2
         assert "phone" in verification["text_leak_kinds"]
-    kinds = json.loads(plate_row["verification"])["text_leak_kinds"]
+    kinds = plate_row["verification"]["text_leak_kinds"]
     assert "ocr_text" in kinds and "name" in kinds, kinds
     assert "[redacted]" in plate_row["edit_instruction"] and "[redacted]" in plate_row["combined_caption"]
 

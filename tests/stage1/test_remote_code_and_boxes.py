@@ -133,11 +133,11 @@ def test_qwen2_5_vl_boxes_are_read_in_resized_pixels():
     row = records.new_row("k", 0, "mem://k.jpg", None, 0)
     row.update(width=1536, height=1024)
     out = stage.answer(row, _answer([answer, [900, 600, 1000, 700]]), True)
-    regions = json.loads(out["regions"])
+    regions = out["regions"]
     assert _iou(regions[0]["bbox"], truth) > 0.95  # before: read on a 0-1000 grid, IoU 0
     assert len(regions) == 1 and stage.box_frame == "resized_pixels"
     # The second box lies outside the 756x504 frame: dropped and counted, not clamped to an edge.
-    assert json.loads(out["verification"])["vlm_boxes_dropped"] == 1
+    assert out["verification"]["vlm_boxes_dropped"] == 1
     # The prompt asks Qwen2.5-VL for its own frame.
     prompt = json.dumps(stage.request(dict(row, image=None))[0])
     assert "pixel coordinates" in prompt and "0-1000" not in prompt
@@ -150,8 +150,8 @@ def test_grid_models_keep_the_0_1000_frame():
     row = records.new_row("k", 0, "mem://k.jpg", None, 0)
     row.update(width=1536, height=1024)
     out = stage.answer(row, _answer([[716, 684, 846, 879], [100, 100, 1200, 400]]), True)
-    assert _iou(json.loads(out["regions"])[0]["bbox"], [1100, 700, 1300, 900]) > 0.95
-    assert json.loads(out["verification"])["vlm_boxes_dropped"] == 1
+    assert _iou(out["regions"][0]["bbox"], [1100, 700, 1300, 900]) > 0.95
+    assert out["verification"]["vlm_boxes_dropped"] == 1
     # Declared in the profile, the frame wins over the model id.
     forced = CaptionStage(load_config("gpu-fast", overrides=["caption.box_frame=grid1000"]))
     assert forced.box_frame == "grid1000"

@@ -35,15 +35,14 @@ def test_caption_fills_the_contract_columns(fake_config, rows):
     out = run_rows(stage, rows)
     assert [r["status"] for r in out] == [records.PENDING] * 3
     assert [r["privacy_flag"] for r in out] == [True, False, True]
-    assert json.loads(out[0]["categories"]) == ["people"]
-    assert json.loads(out[2]["categories"]) == ["health"]
-    assert json.loads(out[0]["privacy_review"]) == ["a face: identifies"]
+    assert out[0]["categories"] == ["people"]
+    assert out[2]["categories"] == ["health"]
+    assert out[0]["privacy_review"] == ["a face: identifies"]
     assert out[0]["private_caption"] == "Ann Smith on a bench"
     assert out[1]["public_caption"] == "a person sits on a bench"
     assert all(r["caption_source"] == "tiny://qwen2_5_vl" for r in out)
     assert all(r["prompt_version"] == stage.prompt_version for r in out)
     assert all(r["image"] is not None and r["raw_output"] is None for r in out)
-    assert "caption" in json.loads(out[0]["stage_seconds"])
     # The engine got the pixels, the schema and the label in the prompt.
     calls = stage.engine.calls
     assert calls[0].image.shape == (40, 56, 3) and calls[0].json_schema == stage.schema
@@ -148,5 +147,5 @@ def test_a_detector_hit_keeps_the_row_flagged_when_the_vlm_calls_it_safe(fake_co
     out = run_rows(stage, rows)
     assert [r["privacy_flag"] for r in out] == [True, False, True]
     assert [r["flagged_by"] for r in out] == ["detector", "", "vlm"]
-    assert json.loads(out[0]["categories"]) == ["people"]
-    assert json.loads(out[0]["regions"])[0]["bbox"] == [2, 2, 20, 20]  # the verifier checks it
+    assert out[0]["categories"] == ["people"]
+    assert out[0]["regions"][0]["bbox"] == [2, 2, 20, 20]  # the verifier checks it

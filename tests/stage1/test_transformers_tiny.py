@@ -89,5 +89,5 @@ def test_stages_on_the_tiny_profile(tiny_models, new_row):
     assert statuses.count(records.FAILED) == 0, [r["error"] for r in out]
     for row in out:
         assert row["caption_source"] == "tiny://qwen2_5_vl" and row["public_caption"]
-        assert set(json.loads(row["categories"])) <= set(NAMES)
+        assert set(row["categories"]) <= set(NAMES)
         assert (row["edit_instruction"] is not None) == bool(row["privacy_flag"])

@@ -13,12 +13,11 @@ import base64
 import io
 import json
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
 
-from unsafe2safe_ray import prompts, records
+from unsafe2safe_ray import records
 from unsafe2safe_ray.config import load_config
 from unsafe2safe_ray.engines.vllm_engine import (
     ERROR_COLUMN,
@@ -126,8 +125,8 @@ def test_caption_postprocess_parses_and_returns_only_pipeline_columns(gpu_config
     out = VLLMPostprocess(call)(_processor_row(row, generated_text=answer, num_generated_tokens=60, **{SKIP_COLUMN: False}))
     assert list(out) == list(records.PIPELINE_COLUMNS)
     assert out["privacy_flag"] is True and out["public_caption"] == "a person"
-    assert json.loads(out["regions"]) == [{"category": "people", "bbox": [0, 0, 30, 20], "score": 1.0, "source": "vlm"}]
-    assert out["image"] == row["image"] and json.loads(out["stage_seconds"])["caption"] >= 0.5
+    assert out["regions"] == [{"category": "people", "bbox": [0, 0, 30, 20], "score": 1.0, "source": "vlm"}]
+    assert out["image"] == row["image"]
     # An answer that used every allowed token and does not parse is truncated -> failed, flagged.
     cut = VLLMPostprocess(call)(_processor_row(new_row("b"), generated_text='{"privacy_flag": fa',
                                                num_generated_tokens=1024, **{SKIP_COLUMN: False}))

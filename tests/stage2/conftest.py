@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import numpy as np
 import pytest
 
@@ -27,7 +26,7 @@ def make_row(key: str, height: int = 64, width: int = 96, *, flag: bool = True,
     row = records.new_row(key, 0, f"mem://{key}.png", None, records.derive_seed(42, key))
     records.set_image(row, make_image(key, height, width) if image is None else image)
     row["privacy_flag"] = flag
-    row["regions"] = json.dumps(regions or [])
+    row["regions"] = list(regions or [])
     row["private_caption"] = "a man with a red jacket standing in the street"
     row["public_caption"] = "a person standing in the street"
     row["combined_caption"] = "a young woman with long curly hair and a blue shirt in the street"

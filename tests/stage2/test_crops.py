@@ -3,7 +3,6 @@ batching by bucket, fallback without regions and escalation on a crop."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -94,7 +93,7 @@ def test_crops_edit_inside_the_masks_and_leave_everything_else_byte_identical():
     assert np.array_equal(edited[~mask], original[~mask])
     for x0, y0, x1, y1 in (r["bbox"] for r in regions):
         assert not np.array_equal(edited[y0:y1, x0:x1], original[y0:y1, x0:x1])
-    info = json.loads(out["verification"])
+    info = out["verification"]
     assert info["scope"] == "crops" and info["attempts"][0]["crops"] == 2
     # Only crops went to the editor, never the whole 160x224 image.
     assert all(max(h, w) <= 96 for _n, h, w, _s in stage.editor.calls)
@@ -112,7 +111,7 @@ def test_a_flagged_row_without_regions_falls_back_to_the_whole_image():
     original = records.get_image(row).copy()
     [out] = run_rows(_crop_stage(), [row])
     assert out["status"] == records.EDITED
-    assert json.loads(out["verification"])["scope"] == "global-no-regions"
+    assert out["verification"]["scope"] == "global-no-regions"
     assert not np.array_equal(records.get_image(out), original)
 
 
@@ -137,4 +136,4 @@ def test_a_crop_that_runs_out_of_memory_is_retried_alone_smaller():
 def test_crops_leave_region_editors_as_they_are(editor):
     row = make_row("k", 64, 96, regions=[_face(10, 10, 30, 30)])
     [out] = run_rows(_crop_stage(f"edit.editor={editor}"), [row])
-    assert out["status"] == records.EDITED and json.loads(out["verification"])["scope"] != "crops"
+    assert out["status"] == records.EDITED and out["verification"]["scope"] != "crops"

@@ -9,7 +9,6 @@ stage over editors that do not do their job.
 
 from __future__ import annotations
 
-import json
 import numpy as np
 import pytest
 
@@ -182,7 +181,7 @@ def assert_never_published_unchanged(row_in: dict, original: np.ndarray, out: di
         return
     edited = records.get_image(out)
     height, width = original.shape[:2]
-    for x0, y0, x1, y1 in _sensitive_boxes(json.loads(row_in["regions"]), height, width):
+    for x0, y0, x1, y1 in _sensitive_boxes(row_in["regions"], height, width):
         assert not np.array_equal(edited[y0:y1, x0:x1], original[y0:y1, x0:x1]), (x0, y0, x1, y1)
 
 
@@ -220,7 +219,7 @@ def test_a_check_that_did_not_run_is_recorded_as_skipped_and_never_as_verified()
     stage = edit_stage("edit.editor=classic", "edit.verify=true", "verify.check_faces=false", "verify.check_text=false",
                        "verify.required_checks=[]")
     [out] = run_rows(stage, [make_row("a", regions=[FACE])])
-    info = json.loads(out["verification"])
+    info = out["verification"]
     assert out["status"] == records.EDITED
     assert info["ok"] is None and info["verified"] is False  # nothing checked: not "ok"
     assert info["checks_run"] == [] and info["checks_skipped"] == ["faces", "text"]

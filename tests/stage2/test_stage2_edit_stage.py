@@ -3,7 +3,6 @@ resize-back, seeds, region scope, fail-closed paths and verification escalation.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -76,7 +75,7 @@ def test_only_flagged_rows_are_edited():
     assert out[0]["image"] != original_flagged
     assert out[1]["image"] == original_safe
     assert out[2]["image"] is None
-    verification = json.loads(out[0]["verification"])
+    verification = out[0]["verification"]
     assert verification["scope"] == "global" and verification["verified"] is False
     assert verification["attempts"][0]["seed"] == flagged["seed"]
 
@@ -136,7 +135,7 @@ def test_region_scope_leaves_pixels_outside_the_dilated_regions_identical():
     outside[37:63, 57:93] = False  # box 2 grown by 3 px (10 % of 30)
     assert np.array_equal(edited[outside], original[outside])
     assert not np.array_equal(edited[15:22, 15:25], original[15:22, 15:25])
-    assert json.loads(out["verification"])["scope"] == "regions"
+    assert out["verification"]["scope"] == "regions"
 
 
 def test_region_scope_without_regions_still_edits_the_whole_image():
@@ -144,7 +143,7 @@ def test_region_scope_without_regions_still_edits_the_whole_image():
     original = records.get_image(row).copy()
     out = edit_stage("edit.scope=regions").process([row])[0]
     assert out["status"] == records.EDITED
-    assert json.loads(out["verification"])["scope"] == "global-no-regions"
+    assert out["verification"]["scope"] == "global-no-regions"
     assert not np.array_equal(records.get_image(out)[:8, :8], original[:8, :8])
 
 
@@ -168,7 +167,7 @@ def test_oom_batch_is_retried_alone_at_lower_resolution_and_succeeds():
     assert stage.editor.calls[0] == (2, 96, 128, 0)
     assert stage.editor.calls[1:] == [(1, 48, 64, 0), (1, 48, 64, 0)]
     assert all((r["height"], r["width"]) == (100, 128) for r in out)
-    assert json.loads(out[0]["verification"])["attempts"][0]["scale"] == 0.5
+    assert out[0]["verification"]["attempts"][0]["scale"] == 0.5
 
 
 def test_persistent_oom_fails_the_row():
@@ -189,7 +188,7 @@ def test_a_leak_is_re_edited_with_another_seed_and_stronger_settings():
     row = make_row("a")
     out = stage.process([row])[0]
     assert out["status"] == records.EDITED
-    info = json.loads(out["verification"])
+    info = out["verification"]
     assert info["verified"] and info["ok"] and info["fallback"] is None
     assert [a["strength"] for a in info["attempts"]] == [0, 1]
     assert [a["ok"] for a in info["attempts"]] == [False, True]
@@ -205,7 +204,7 @@ def test_a_leak_that_survives_retries_gets_classic_fill_on_the_leaking_region():
     original = records.get_image(row).copy()
     out = stage.process([row])[0]
     assert out["status"] == records.EDITED
-    info = json.loads(out["verification"])
+    info = out["verification"]
     assert info["fallback"] == "fill" and info["ok"]
     edited = records.get_image(out)
     assert len(np.unique(edited[4:20, 4:20].reshape(-1, 3), axis=0)) == 1
@@ -251,7 +250,7 @@ def test_real_verifier_catches_a_face_outside_the_edited_regions_and_classic_fil
     stage.verifier = PrivacyVerifier(stage.config.verify)
     out = stage.process([row])[0]
     assert out["status"] == records.EDITED, out["error"]
-    info = json.loads(out["verification"])
+    info = out["verification"]
     assert [a.get("ok") for a in info["attempts"]] == [False, False, True]
     assert info["attempts"][0]["leaks"][0]["kind"] == "face_identity"
     assert info["fallback"] == "fill" and info["ok"]

@@ -20,7 +20,6 @@ text itself. Model-free and pure: plain functions over strings and a small resul
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -209,10 +208,7 @@ def name_candidates(private_caption: str | None, label: str | None = None, min_c
 
 def row_evidence(row: dict[str, Any], min_chars: int = 4, min_name_chars: int = 3) -> Evidence:
     """The row's private evidence: OCR text of its regions and names of its private caption."""
-    try:
-        regions = records.json_list(row.get("regions"))
-    except (TypeError, ValueError):
-        regions = []
+    regions = row.get("regions") or []
     strings = [str(r["text"]) for r in regions if isinstance(r, dict) and r.get("text")]
     return Evidence(ocr=tuple(ocr_needles(strings, min_chars)),
                     names=tuple(name_candidates(row.get("private_caption"), row.get("label"), min_name_chars)))
@@ -451,12 +447,7 @@ def check_row(row: dict[str, Any], settings: Any = None) -> dict[str, Any]:
     if not report.found:
         return row
     row.update(report.texts)
-    try:
-        verification = records.json_dict(row.get("verification"))
-    except (TypeError, ValueError):
-        verification = {}
-    verification.update(report.record())
-    row["verification"] = json.dumps(verification)
+    records.update_verification(row, **report.record())
     if settings.mode == "fail" and row.get("status") != records.FAILED:
         kinds = ", ".join(sorted(report.kinds))
         records.fail(row, f"publish: {', '.join(report.fields)} repeated private details ({kinds}); "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -151,11 +150,7 @@ class VLLMPostprocess:
         text = row.get("generated_text") or ""
         # vLLM reports no finish reason here; an answer that used every allowed token was cut.
         finished = int(row.get("num_generated_tokens") or 0) < self.call.max_tokens
-        start = time.perf_counter()
-        out = self.call.answer(out, text, finished)
-        seconds = float(row.get("time_taken_llm") or 0.0) + time.perf_counter() - start
-        records.add_stage_time(out, self.call.stage_name, max(seconds, 0.0))
-        return out
+        return self.call.answer(out, text, finished)
 
 
 def normalize_vllm_rows(batch: Any, stage_name: str, flag_on_error: bool = False) -> Any:

@@ -38,7 +38,8 @@ def align_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def parse_regions(regions: Any) -> list[dict]:
-    """Regions from the contract's JSON column (or an already decoded list)."""
+    """Regions with a box, from the contract's typed column (a list of dicts; JSON text, as
+    version 1 outputs held it, is decoded)."""
     if regions is None or regions == "":
         return []
     if isinstance(regions, str):

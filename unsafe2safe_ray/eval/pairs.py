@@ -36,7 +36,8 @@ def pair_schema():
     text = pa.string()
     return pa.schema([
         ("method", text), ("key", text), ("source_uri", text), ("label", text), ("status", text),
-        ("regions", text), ("public_caption", text), ("edited_caption", text), ("anonymized_uri", text),
+        ("regions", pa.list_(records.REGION)), ("public_caption", text), ("edited_caption", text),
+        ("anonymized_uri", text),
         ("anonymized", pa.binary()), ("anonymized_height", pa.int64()), ("anonymized_width", pa.int64()),
     ])
 
@@ -67,7 +68,7 @@ def parse_methods(anonymized: str) -> dict[str, str]:
 def _pair_row(method: str, key: str, source_uri: str, **fields: Any) -> dict[str, Any]:
     row = {
         "method": method, "key": key, "source_uri": source_uri, "label": None,
-        "status": records.EDITED, "regions": "[]", "public_caption": None, "edited_caption": None,
+        "status": records.EDITED, "regions": [], "public_caption": None, "edited_caption": None,
         "anonymized_uri": None, "anonymized": None, "anonymized_height": None, "anonymized_width": None,
     }
     row.update(fields)
@@ -90,7 +91,7 @@ def sample_pair_row(method: str, sample: dict[str, Any]) -> dict[str, Any]:
     return _pair_row(
         method, sample["key"], caption["source_uri"],
         label=caption.get("label"), status=caption.get("status") or records.EDITED,
-        regions=caption.get("regions") or "[]", public_caption=caption.get("public_caption"),
+        regions=list(caption.get("regions") or []), public_caption=caption.get("public_caption"),
         edited_caption=edited_caption(caption),
         anonymized=None if image is None else image.tobytes(),
         anonymized_height=None if image is None else int(image.shape[0]),

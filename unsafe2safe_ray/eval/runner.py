@@ -53,7 +53,8 @@ def _result_schema():
     text, real, count = pa.string(), pa.float64(), pa.int64()
     columns = [
         ("method", text), ("key", text), ("source_uri", text), ("label", text), ("status", text),
-        ("regions", text), ("eval_error", text), ("unavailable", text), ("size_changed", pa.bool_()),
+        ("regions", pa.list_(records.REGION)), ("eval_error", text), ("unavailable", text),
+        ("size_changed", pa.bool_()),
         ("pictured", pa.bool_()), ("thumb_original", pa.binary()), ("thumb_anonymized", pa.binary()),
         ("face_embedder", text), ("face_count_original", count), ("face_count_anonymized", count),
         ("face_count_redetected", count), ("face_identity_matches", count),

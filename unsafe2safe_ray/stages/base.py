@@ -96,10 +96,8 @@ def run_rows(stage: Stage, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append(records.fail(dict(row), f"{stage.name}: {type(row_error).__name__}: {row_error}",
                                         stage=stage.name))
     elapsed = time.perf_counter() - start
-    per_row = elapsed / len(live)
     _StageMetrics.record(stage.name, len(live), sum(not records.is_live(r) for r in out), elapsed)
     for i, row in zip(live_idx, out):
-        records.add_stage_time(row, stage.name, per_row)
         rows[i] = row
     return rows
 

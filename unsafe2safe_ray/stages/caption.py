@@ -8,7 +8,6 @@ and sets the flag: an image is never passed as safe because its answer was unrea
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -76,16 +75,15 @@ class CaptionStage(GenerationStage):
         by_detector = bool(row.get("privacy_flag"))
         row["privacy_flag"] = found.privacy_flag or by_detector
         row["flagged_by"] = "+".join(name for name, hit in (("vlm", found.privacy_flag), ("detector", by_detector)) if hit)
-        earlier = [c for c in records.json_list(row.get("categories")) if c not in found.categories]
-        row["categories"] = json.dumps(list(found.categories) + earlier)
+        earlier = [c for c in row.get("categories") or [] if c not in found.categories]
+        row["categories"] = list(found.categories) + earlier
         # Boxes from earlier stages (detectors) stay; the VLM's are added beside them.
-        row["regions"] = json.dumps(records.json_list(row.get("regions")) + found.regions)
+        row["regions"] = list(row.get("regions") or []) + found.regions
         if found.regions_dropped:
             # Counted where the row's checks are recorded (the edit stage adds to this dict).
             log.info("caption: %d box(es) outside the %s frame dropped", found.regions_dropped, self.box_frame)
-            row["verification"] = json.dumps(dict(records.json_dict(row.get("verification")),
-                                                  vlm_boxes_dropped=found.regions_dropped))
-        row["privacy_review"] = json.dumps(found.privacy_review)
+            records.update_verification(row, vlm_boxes_dropped=found.regions_dropped)
+        row["privacy_review"] = [str(item) for item in found.privacy_review]
         row["private_caption"] = found.private_caption
         row["public_caption"] = found.public_caption
         row["raw_output"] = None

@@ -31,7 +31,6 @@ writer's own fail-closed rule keeps unedited flagged pixels out of the output ei
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import numpy as np
 
 from unsafe2safe_ray import records
 from unsafe2safe_ray.detectors.geometry import BoxError, clip_box
-from unsafe2safe_ray.detectors.verifier import Leak, VerifyReport, leak_record, leak_targets
+from unsafe2safe_ray.detectors.verifier import Leak, VerifyReport, leak_record, leak_summary, leak_targets
 from unsafe2safe_ray.editors.base import EditRequest, blend, region_mask, resize_image, working_size
 from unsafe2safe_ray.stages.base import Stage
 
@@ -126,7 +125,7 @@ class EditStage(Stage):
         original = records.get_image(row)
         height, width = original.shape[:2]
         regions, dropped = [], 0
-        for index, region in enumerate(records.json_list(row.get("regions"))):
+        for index, region in enumerate(row.get("regions") or []):
             if not isinstance(region, dict) or region.get("bbox") is None:
                 continue  # a category without a place (a VLM flag): nothing to clip
             try:
@@ -325,9 +324,9 @@ class EditStage(Stage):
                 job.error = (f"edit: the {self.editor.name} editor returned the image unchanged "
                              f"({self.config.edit.retries} retries); check edit.editor and its model")
             elif job.report.leaks:
-                kinds = sorted({f"{leak.category}/{leak.kind}" for leak in job.report.leaks})
                 job.error = (f"edit: privacy check still fails after {self.config.edit.retries} retries"
-                             f"{' and classic ' + job.fallback if job.fallback else ''}: {', '.join(kinds)}")
+                             f"{' and classic ' + job.fallback if job.fallback else ''}: "
+                             f"{leak_summary(job.report.leaks)}")
             elif job.report.missing:
                 job.error = f"edit: required verification check(s) {job.report.missing} did not run"
 
@@ -370,8 +369,8 @@ class EditStage(Stage):
         row["status"] = records.EDITED
         row["editor"] = self.editor.name if not job.fallback else f"{self.editor.name}+{job.fallback}"
         report = job.report
-        verification = records.json_dict(row.get("verification"))
-        verification.update(
+        records.update_verification(
+            row,
             verified=bool(report.checks_run),
             ok=report.ok if report.checks_run else None,
             checks_run=list(report.checks_run),
@@ -384,7 +383,6 @@ class EditStage(Stage):
             checks={str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in report.checks.items()
                     if isinstance(v, (bool, int, float, np.generic)) or v is None},
         )
-        row["verification"] = json.dumps(verification, default=_json_default)
 
 
 def _unchanged_regions(original: np.ndarray, edited: np.ndarray, regions: list[dict]) -> list[Leak]:
@@ -415,14 +413,6 @@ def _at_size(request: EditRequest, size: tuple[int, int]) -> EditRequest:
 
 def _did_nothing(report: VerifyReport) -> bool:
     return any(leak.kind == "unchanged_pixels" and leak.bbox is None for leak in report.leaks)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _release_accelerator_memory() -> None:

@@ -7,7 +7,6 @@ than captioning.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from unsafe2safe_ray import records
@@ -60,11 +59,11 @@ class LoadCaptionsStage(Stage):
                 records.fail(row, f"load_captions: no committed row for {row['key']} in {self.earlier_uri}")
                 continue
             if earlier["status"] == records.FAILED and earlier.get("error") != INSPECT_ONLY_ERROR:
-                records.fail(row, f"earlier run failed: {earlier.get('error')}")
+                records.fail(row, f"earlier run failed: {earlier.get('error')}", stage="load_captions")
                 continue
             for name in CAPTION_FIELDS + PRIVATE_FIELDS:
                 row[name] = earlier.get(name)
             row["privacy_flag"] = bool(earlier.get("privacy_flag"))
-            row["categories"] = json.dumps(earlier.get("categories") or [])
-            row["regions"] = earlier.get("regions") or "[]"
+            row["categories"] = list(earlier.get("categories") or [])
+            row["regions"] = list(earlier.get("regions") or [])
         return rows

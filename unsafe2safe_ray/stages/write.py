@@ -24,7 +24,7 @@ from unsafe2safe_ray.storage.redact import redact_text, redact_uri
 
 SUMMARY_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.int64()), ("status", pa.string()),
-    ("files", pa.string()), ("stage_seconds", pa.string()),
+    ("files", pa.string()),
     ("error_stage", pa.string()), ("flagged_by", pa.string()),
 ])
 # ``files``: JSON {kind: {"path", "size", "sha256"}} of the part holding the row (the same for
@@ -84,7 +84,7 @@ class WriteStage(Stage):
             except Exception as e:  # noqa: BLE001 - becomes a failed row
                 row = records.fail(row, f"encode: {type(e).__name__}: {e}")
                 image_bytes = ext = None
-        categories = records.json_list(row.get("categories"))
+        categories = list(row.get("categories") or [])
         # Published URIs and errors carry no credentials or signed-URL queries (storage.redact).
         public_uri = redact_uri(row["source_uri"])
         sidecar = {"key": row["key"], "source_uri": public_uri, "label": row.get("label"),
@@ -108,7 +108,7 @@ class WriteStage(Stage):
             files = json.dumps(write_part(self.layout, shard, self.run_id, samples))
             for row, sample in zip(rows, samples):
                 out.append({"key": sample.key, "shard": shard, "status": sample.caption_row["status"],
-                            "files": files, "stage_seconds": row.get("stage_seconds"),
+                            "files": files,
                             "error_stage": sample.caption_row.get("error_stage") or "",
                             "flagged_by": row.get("flagged_by") or ""})
         return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)

@@ -36,14 +36,14 @@ CLASSIC_FALLBACK = "classic_fallback"
 CLIP_RATIO = "clip_ratio"
 
 
-def leak_reason(verification: str | dict | None) -> str | None:
+def leak_reason(verification: dict | None) -> str | None:
     """None when the verifier ran and found no leak; else why the pair must not train.
 
     ``verification.ok`` must be true. A row that only passed after the classic fallback painted
     over a leak of the diffusion edit is dropped too: its pixels teach filling boxes, and the
     editor's own output leaked.
     """
-    v = records.json_dict(verification) if isinstance(verification, (str, type(None))) else verification
+    v = verification or {}
     if v.get("ok") is None or not v.get("verified", True):
         return NOT_VERIFIED
     if v.get("ok") is not True or v.get("leaks"):
