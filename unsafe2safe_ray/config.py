@@ -99,9 +99,15 @@ class DetectConfig(StageSection):
     # ... and images above this are also scanned in native-resolution tiles of face_tile_size.
     face_max_side: int = Field(1280, ge=64)
     face_tile_size: int = Field(800, ge=64)
+    # Frame-filling faces: images larger than 1.4x this are also scanned shrunk to it (0 = off).
+    face_coarse_side: int = Field(320, ge=0)
+    # Faces of 10-24 px: windows around weak small peaks are re-scanned enlarged this much (0 = off).
+    face_zoom: float = Field(2.5, ge=0.0)
     text_score_threshold: float = Field(0.6, ge=0.0, le=1.0)
-    # Readings with fewer letters/digits are texture noise, not information.
+    # Readings with fewer letters/digits (a whole line or column) are texture noise.
     text_min_chars: int = Field(2, ge=1)
+    # Plates found by shape and texture, without reading them (small, blurred, skewed plates).
+    plate_shapes: bool = True
 
 
 class ClassicConfig(Section):

