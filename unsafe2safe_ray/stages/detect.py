@@ -1,5 +1,5 @@
-"""``detect``: shipped-weight detectors (CenterFace faces, rapidocr text, plates from OCR) and
-templated captions.
+"""``detect``: shipped-weight detectors (CenterFace faces over an image pyramid, rapidocr text in
+every right-angle orientation, plates from OCR and from shape and texture) and templated captions.
 
 Each detection becomes a region ``{category, bbox, score, text?, source, kind}``; a row is
 flagged when any region is found. The captions are templates filled from the detections and are
@@ -10,7 +10,6 @@ edit instruction says what the classic editor will change. Nothing private is lo
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from unsafe2safe_ray import records
@@ -49,6 +48,8 @@ class DetectStage(Stage):
                 upscale_below=cfg.face_upscale_below,
                 max_side=cfg.face_max_side,
                 tile_size=cfg.face_tile_size,
+                coarse_side=cfg.face_coarse_side,
+                zoom=cfg.face_zoom,
             )
         if cfg.text or cfg.plates:
             self.ocr = TextDetector(threads=threads, score_threshold=cfg.text_score_threshold,
@@ -68,8 +69,10 @@ class DetectStage(Stage):
         return rows
 
     def find_regions(self, image) -> list[dict]:
-        """All regions of one RGB image: faces first, then plates, then other text."""
-        from unsafe2safe_ray.detectors.plates import looks_like_plate
+        """All regions of one RGB image: faces first, then plates, then other text. Plates
+        found by shape and texture (unread) are added where no OCR line already lies."""
+        from unsafe2safe_ray.detectors.geometry import box_intersection_many
+        from unsafe2safe_ray.detectors.plates import find_plate_shapes, looks_like_plate
 
         cfg = self.config.detect
         regions: list[dict] = []
@@ -78,14 +81,34 @@ class DetectStage(Stage):
                 regions.append({"category": FACE, "bbox": face.bbox, "score": round(face.score, 4),
                                 "source": "detector", "kind": "face"})
         if self.ocr is not None:
-            for line in self.ocr.read(image):
+            lines, text_boxes = self.ocr.read_with_boxes(image)
+            read_boxes = []
+            for line in lines:
+                read_boxes.append(line.bbox)
                 is_plate = cfg.plates and looks_like_plate(line)
                 if not is_plate and not cfg.text:
                     continue
                 regions.append({"category": TEXT, "bbox": line.bbox, "score": round(line.score, 4),
                                 "text": line.text, "source": "detector",
                                 "kind": "licence_plate" if is_plate else "text"})
+            if cfg.plates and cfg.plate_shapes:
+                for plate in find_plate_shapes(image, text_boxes):
+                    if read_boxes and _mostly_covered(plate.bbox, read_boxes, box_intersection_many):
+                        continue  # an OCR line already covers it (a read plate, or ordinary text)
+                    regions.append({"category": TEXT, "bbox": plate.bbox, "score": round(plate.score, 4),
+                                    "source": "detector", "kind": "licence_plate"})
         return regions
+
+
+def _mostly_covered(box: list[int], others: list[list[int]], intersection) -> bool:
+    """Whether ``box`` and one of ``others`` overlap by half of the smaller of the two."""
+    import numpy as np
+
+    others_arr = np.asarray(others, dtype=np.float64)
+    inter = intersection(box, others_arr)
+    area = max(1.0, float((box[2] - box[0]) * (box[3] - box[1])))
+    areas = np.maximum(1.0, (others_arr[:, 2] - others_arr[:, 0]) * (others_arr[:, 3] - others_arr[:, 1]))
+    return bool((inter >= 0.5 * np.minimum(area, areas)).any())
 
 
 def fill_detection_columns(row: dict[str, Any], regions: list[dict], config) -> dict[str, Any]:
@@ -93,8 +116,8 @@ def fill_detection_columns(row: dict[str, Any], regions: list[dict], config) -> 
     categories = [c for c in records.CATEGORIES if any(r["category"] == c for r in regions)]
     row["privacy_flag"] = bool(regions)
     row["flagged_by"] = "detector" if regions else ""
-    row["categories"] = json.dumps(categories)
-    row["regions"] = json.dumps(regions)
+    row["categories"] = categories
+    row["regions"] = regions
     row["caption_source"] = CAPTION_SOURCE
     row["prompt_version"] = PROMPT_VERSION
     counts = _counts(regions)
@@ -102,7 +125,7 @@ def fill_detection_columns(row: dict[str, Any], regions: list[dict], config) -> 
     row["private_caption"] = _private_caption(subject, counts, regions)
     row["public_caption"] = _public_caption(subject, counts)
     row["edit_instruction"] = _edit_instruction(counts, config)
-    row["privacy_review"] = json.dumps(_review(counts))
+    row["privacy_review"] = [f"{item['visible']}: {item['why']}" for item in _review(counts)]
     return row
 
 
@@ -137,10 +160,13 @@ def _private_caption(subject: str, counts: dict[str, int], regions: list[dict]) 
     parts = []
     if counts["face"]:
         parts.append(f"{_plural(counts['face'], 'visible face')}")
-    plates = [r["text"] for r in regions if r.get("kind") == "licence_plate"]
-    if plates:
-        parts.append(f"{_plural(len(plates), 'licence plate')} reading {_quoted(plates)}")
-    texts = [r["text"] for r in regions if r.get("kind") == "text"]
+    plates = [r for r in regions if r.get("kind") == "licence_plate"]
+    read = [r["text"] for r in plates if r.get("text")]
+    if read:
+        parts.append(f"{_plural(len(read), 'licence plate')} reading {_quoted(read)}")
+    if len(plates) > len(read):
+        parts.append(f"{_plural(len(plates) - len(read), 'unreadable licence plate')}")
+    texts = [r["text"] for r in regions if r.get("kind") == "text" and r.get("text")]
     if texts:
         parts.append(f"{_plural(len(texts), 'line')} of text reading {_quoted(texts)}")
     return f"{subject} with " + ", ".join(parts) + "."
