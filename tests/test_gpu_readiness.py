@@ -6,9 +6,7 @@ without an address the CLI starts its own Ray on 127.0.0.1, and a dead address f
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -52,29 +50,33 @@ def test_only_the_paper_defined_race_entropy_is_compared_with_the_paper():
     assert all("race_entropy" not in numbers for numbers in PAPER_NUMBERS.values())
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("edit_throughput", REPO / "benchmarks" / "edit_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_META_BENCHMARK = """
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("edit_throughput", sys.argv[1])
+bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+import unsafe2safe_ray.editors.base as base
+from unsafe2safe_ray.config import load_config
+base.torch_device_and_dtype = lambda preference: (torch.device("meta"), torch.float32)
+pipe = bench.build_full_pipeline("instruct-pix2pix", 1, torch.device("meta"))
+assert pipe.unet.device.type == "meta" and len(pipe.scheduler.betas) == 1000
+config = load_config("tiny", overrides=["edit.editor=instruct-pix2pix"])
+before = torch.get_default_dtype()
+editor = bench.build_editor("instruct-pix2pix", config, True, 1)
+assert editor.pipe.unet.device.type == "meta" and torch.get_default_dtype() == before
+print("ok")
+"""
 
 
-def test_full_size_benchmark_builds_schedulers_outside_the_device_context(monkeypatch):
-    import torch
+def test_full_size_benchmark_builds_schedulers_outside_the_device_context(tiny_models):
+    """The benchmark builds its models inside `with torch.device(device)`: on a meta device (no
+    memory, no compute) a scheduler built inside fails exactly as on CUDA. Run in its own
+    process: meta tensors must not leak into later tests' pipelines."""
+    import subprocess
+    import sys
 
-    from unsafe2safe_ray.config import load_config
-
-    bench = _benchmark()
-    # The benchmark builds its models inside `with torch.device(device)`: on a meta device
-    # (no memory, no compute) a scheduler built inside fails exactly as on CUDA.
-    monkeypatch.setattr("unsafe2safe_ray.editors.base.torch_device_and_dtype",
-                        lambda preference: (torch.device("meta"), torch.float32))
-    pipe = bench.build_full_pipeline("instruct-pix2pix", 1, torch.device("meta"))
-    assert pipe.unet.device.type == "meta" and len(pipe.scheduler.betas) == 1000
-    config = load_config("tiny", overrides=["edit.editor=instruct-pix2pix"])
-    before = torch.get_default_dtype()
-    editor = bench.build_editor("instruct-pix2pix", config, True, 1)
-    assert editor.pipe.unet.device.type == "meta" and torch.get_default_dtype() == before
+    done = subprocess.run([sys.executable, "-c", _META_BENCHMARK, str(REPO / "benchmarks" / "edit_throughput.py")],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
 def test_without_an_address_ray_starts_locally_on_loopback(monkeypatch):

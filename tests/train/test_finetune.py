@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unsafe2safe_ray import open_output
+from unsafe2safe_ray import open_output, records
 from unsafe2safe_ray.config import load_config
 from unsafe2safe_ray.job import run_job
 
@@ -95,10 +95,10 @@ def _rewrite_verification(out: Path, changes: dict[str, dict]) -> None:
         marker = json.loads(marker_path.read_text())
         for rel in marker["files"]["captions"]:
             table = pq.read_table(out / rel)
-            values = [json.dumps(changes[k]) if k in changes else v
+            values = [changes[k] if k in changes else v
                       for k, v in zip(table["key"].to_pylist(), table["verification"].to_pylist())]
             table = table.set_column(table.schema.get_field_index("verification"), "verification",
-                                     pa.array(values, pa.string()))
+                                     pa.array(values, records.VERIFICATION))
             pq.write_table(table, out / rel)
             data = (out / rel).read_bytes()
             marker["file_info"][rel].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())

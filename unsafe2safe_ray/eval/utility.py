@@ -102,11 +102,11 @@ def extract_features(splits: dict[str, list[dict]], features: str, storage_optio
     import ray
 
     rows = [dict(row, split=name) for name, split_rows in splits.items() for row in split_rows]
-    ds = ray.data.from_items(rows).map_batches(
-        FeatureExtractor, fn_constructor_kwargs={"features": features, "storage_options": storage_options},
-        compute=ray.data.ActorPoolStrategy(size=pool_size), batch_size=batch_size, batch_format="pyarrow",
-        num_cpus=1,
-    )
+    from unsafe2safe_ray.stages.base import Resources, map_batches
+
+    ds = map_batches(ray.data.from_items(rows), FeatureExtractor, name="utility_features",
+                     resources=Resources(num_cpus=1, batch_size=batch_size, pool_size=pool_size),
+                     fn_constructor_kwargs={"features": features, "storage_options": storage_options})
     grouped: dict[str, tuple[list, list]] = {name: ([], []) for name in splits}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in batch.to_pylist():

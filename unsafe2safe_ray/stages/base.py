@@ -38,6 +38,7 @@ class Resources:
     batch_size: int | None = 8  # None: one Ray block per batch
     pool_size: int | None = None
     max_tasks_in_flight: int | None = None
+    batch_format: str = "pyarrow"  # what the callable receives: "pyarrow" tables or "numpy" dicts
 
 
 class Stage:
@@ -152,7 +153,7 @@ def map_batches_kwargs(res: Resources) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = {
         "batch_size": res.batch_size,
-        "batch_format": "pyarrow",
+        "batch_format": res.batch_format,
         "num_cpus": res.num_cpus,
         "zero_copy_batch": True,
     }

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from unsafe2safe_ray import records
+from unsafe2safe_ray.stages import base as ray_adapter
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -89,7 +90,7 @@ def _datasets(train: str, test: str, cfg, storage_options: dict | None):
         # About 64 images per block: enough tasks to spread, not one process start per image.
         return ray.data.from_items(rows, override_num_blocks=max(1, min(200, math.ceil(len(rows) / 64))))
 
-    anon_ds = reader.dataset().flat_map(anonymized, num_cpus=0.25)
+    anon_ds = ray_adapter.flat_map(reader.dataset(), anonymized, name="mae_anonymized", num_cpus=0.25)
     raw_ds = items([{"uri": r["source_uri"], "label": index[r["label"]]} for r in usable]).map(raw, num_cpus=0.25)
     test_ds = items(test_rows).map(test_map, num_cpus=0.25)
     counts = {"train_images": len(usable), "train_images_dropped": len(reader.captions()) - len(usable),

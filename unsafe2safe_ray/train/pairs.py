@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from unsafe2safe_ray import records
+from unsafe2safe_ray.stages import base as ray_adapter
 
 # Why a pair was dropped (decision "reason"); "kept" for kept pairs.
 KEPT = "kept"
@@ -187,10 +188,13 @@ def score_pairs(readers, rows: list[dict], clip_model: str, min_ratio: float, *,
             yield {"output": row["output"], "key": row["key"], "edited": data, "original_uri": row["original_uri"],
                    "public_caption": row["public_caption"], "private_caption": row["private_caption"]}
 
-    ds = ray.data.from_items(_tar_items(readers, rows)).flat_map(expand, num_cpus=0.25).map_batches(
-        ClipRatioScorer, fn_constructor_kwargs={"clip_model": clip_model, "min_ratio": min_ratio,
-                                                "storage_options": storage_options},
-        compute=ray.data.ActorPoolStrategy(size=1), batch_size=batch_size, num_gpus=num_gpus, num_cpus=num_cpus,
+    ds = ray_adapter.flat_map(ray.data.from_items(_tar_items(readers, rows)), expand, name="read_pairs",
+                              num_cpus=0.25)
+    ds = ray_adapter.map_batches(
+        ds, ClipRatioScorer, name="clip_ratio",
+        resources=ray_adapter.Resources(num_cpus=num_cpus, num_gpus=num_gpus, batch_size=batch_size, pool_size=1,
+                                        batch_format="numpy"),
+        fn_constructor_kwargs={"clip_model": clip_model, "min_ratio": min_ratio, "storage_options": storage_options},
     )
     out = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -231,7 +235,8 @@ def training_dataset(readers, kept_rows: list[dict], resolution: int, storage_op
             yield {"original": square_crop(original, resolution), "edited": square_crop(edited, resolution),
                    "instruction": row["edit_instruction"], "caption": row["public_caption"]}
 
-    return ray.data.from_items(_tar_items(readers, kept_rows)).flat_map(expand, num_cpus=num_cpus)
+    return ray_adapter.flat_map(ray.data.from_items(_tar_items(readers, kept_rows)), expand, name="read_pairs",
+                                num_cpus=num_cpus)
 
 
 def summarize(decisions: list[dict]) -> dict[str, Any]:
