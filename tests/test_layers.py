@@ -23,9 +23,10 @@ FORBIDDEN_IN_LOWER = ("torch", "torchvision", "vllm", "diffusers", "transformers
 # from detectors.identity (the same-identity distance) and reads the stage-name registry
 # (stages/__init__.py, a dict of strings that imports nothing) to validate ``stages``.
 ALLOWED_IN_LOWER = {"config.py": {"unsafe2safe_ray.detectors.identity", "unsafe2safe_ray.stages"}}
-# ``map_batches`` is called by the Ray adapter (stages/base.py) only. Known exceptions, to be
-# moved onto the adapter: the Ray Train feeds.
-MAP_BATCHES_EXCEPTIONS = {"stages/base.py", "train/pairs.py", "eval/utility.py"}
+# ``map_batches`` and ``flat_map`` are called by the Ray adapter (stages/base.py) only; other
+# modules call the adapter's functions (``stages.base.map_batches`` / ``flat_map``).
+MAP_BATCHES_EXCEPTIONS = {"stages/base.py"}
+ADAPTER_NAMES = {"ray_adapter", "base"}
 
 
 def _sources(*parts: str) -> list[Path]:
@@ -77,8 +78,10 @@ def test_only_the_ray_adapter_calls_map_batches():
         if _rel(path) in MAP_BATCHES_EXCEPTIONS:
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "map_batches":
-                bad.append(f"{_rel(path)}:{node.lineno} calls .map_batches (use stages.base.map_batches)")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("map_batches", "flat_map")
+                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ADAPTER_NAMES)):
+                bad.append(f"{_rel(path)}:{node.lineno} calls .{node.func.attr} (use stages.base.{node.func.attr})")
     assert not bad, "\n".join(bad)
 
 
