@@ -5,7 +5,6 @@ The ``U2S_TEST_*`` variables below steer them; nothing in the package reads them
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -37,7 +36,7 @@ class FlagAllStage(Stage):
         for row in rows:
             time.sleep(delay)
             row["privacy_flag"] = True
-            row["categories"] = json.dumps(["people"])
+            row["categories"] = ["people"]
             row["private_caption"] = f"secret caption of {row['key']}"
             if mode == "invert" or (mode == "fail" and fail_keys and row["key"] not in fail_keys):
                 records.set_image(row, 255 - np.array(records.get_image(row)))
