@@ -34,6 +34,7 @@ browser:
 		|| echo "warning: chromium not installed; the report rendering test will be skipped")
 
 test: setup browser
+	$(BIN)/ruff check unsafe2safe_ray tests benchmarks
 	HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15
 
 bench: setup

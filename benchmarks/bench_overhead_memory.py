@@ -123,7 +123,7 @@ def main() -> None:
     print(f"  ratio job / bare                              : {(count / secs) / (bare_n / bare_secs):8.2f}")
     print("\nMemory (peak RSS)")
     print(f"  {'images':>7s} {'img/s':>7s} {'driver MB':>10s} {'worker MB':>10s}")
-    for n, count, secs, before, after, worker in results:
+    for _n, count, secs, _before, after, worker in results:
         print(f"  {count:7d} {count / secs:7.1f} {rss_mb(after):10.1f} {worker / 2**20:10.1f}")
     d0, d1 = rss_mb(results[0][4]), rss_mb(results[1][4])
     w0, w1 = results[0][5] / 2**20, results[1][5] / 2**20

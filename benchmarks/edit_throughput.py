@@ -29,11 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from unsafe2safe_ray import records  # noqa: E402
-from unsafe2safe_ray.config import load_config  # noqa: E402
-from unsafe2safe_ray.stages.edit import EditStage  # noqa: E402
+from unsafe2safe_ray import records
+from unsafe2safe_ray.config import load_config
+from unsafe2safe_ray.stages.edit import EditStage
 
 SOURCE = "a man with short hair and glasses wearing a red jacket standing next to a sign with text"
 TARGET = "a young woman with long curly hair wearing a blue shirt standing next to a plain sign"
@@ -315,10 +315,9 @@ def compare_scopes(stage: EditStage, rows: list[dict], batch: int) -> None:
 
         band = (cv2.dilate(grown.astype(np.uint8), np.ones((33, 33), np.uint8)) > 0) & ~mask
         outside_equal.append(bool(np.array_equal(c_img[~mask], original[~mask])))
-        for name, sel, store in (("inside", mask, inside), ("seam", band, seam)):
+        for sel, store in ((mask, inside), (band, seam)):
             a, b = c_img[sel].astype(np.float64), g_img[sel].astype(np.float64)
             store.append(peak_signal_noise_ratio(a, b, data_range=255))
-        del name
     ssim_in = np.mean([structural_similarity(records.get_image(c), records.get_image(g), channel_axis=2)
                        for c, g in zip(c_rows, g_rows)])
     print(f"crops outside the masks byte-identical to the original: {sum(outside_equal)}/{n}")

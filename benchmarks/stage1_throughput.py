@@ -50,14 +50,14 @@ from unittest import mock
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from unsafe2safe_ray import records  # noqa: E402
-from unsafe2safe_ray.config import load_config  # noqa: E402
-from unsafe2safe_ray.engines.base import GenerationRequest, fit_image  # noqa: E402
-from unsafe2safe_ray.engines.transformers_engine import TransformersEngine, _for_template  # noqa: E402
-from unsafe2safe_ray.stages.caption import CaptionStage  # noqa: E402
-from unsafe2safe_ray.stages.instruct import InstructStage  # noqa: E402
+from unsafe2safe_ray import records
+from unsafe2safe_ray.config import load_config
+from unsafe2safe_ray.engines.base import GenerationRequest, fit_image
+from unsafe2safe_ray.engines.transformers_engine import TransformersEngine, _for_template
+from unsafe2safe_ray.stages.caption import CaptionStage
+from unsafe2safe_ray.stages.instruct import InstructStage
 
 # skimage.data images: (loader name, dataset label, a public caption for the instruct LLM).
 IMAGES = [
@@ -359,7 +359,9 @@ def print_table(results: list[dict], unit: dict[str, str]) -> None:
     print()
     for r in results:
         b, e, m = r["bare"], r["engine"], r["matched"]
-        ratio = lambda key: (e[key] / e["seconds"]) / (b[key] / b["seconds"]) if b[key] else float("nan")  # noqa: E731
+        def ratio(key: str, e=e, b=b) -> float:
+            return (e[key] / e["seconds"]) / (b[key] / b["seconds"]) if b[key] else float("nan")
+
         print(f"{r['title']}: ratio engine/bare  {unit[r['title']]}/s {b['seconds'] / e['seconds']:.3f}  "
               f"tok/s {ratio('tokens'):.3f}  step tok/s {ratio('step_tokens'):.3f};  "
               f"engine/matched (same decode steps) {unit[r['title']]}/s {m['seconds'] / e['seconds']:.3f}")

@@ -265,7 +265,7 @@ class Judges:
                                              item.turns))
         text, score = self.ocr.recognize(crop, use_cls=False)
         # rapidocr's own default confidence (0.5): a lone "8" at 0.25 on a blur is not a reading.
-        readings = [text if score >= 0.5 else "", " ".join(l.text for l in self.ocr.read(crop))]
+        readings = [text if score >= 0.5 else "", " ".join(line.text for line in self.ocr.read(crop))]
         if item.bucket.startswith("vertical"):
             # Stacked characters: the column turned a quarter turn each way reads as one line.
             for turned in (np.rot90(crop, 1), np.rot90(crop, -1)):
@@ -282,7 +282,7 @@ def measure(results: dict[str, tuple[np.ndarray, dict]], corpus, judges: Judges)
     from unsafe2safe_ray import records
 
     out = []
-    for name, image, items in corpus:
+    for name, _image, items in corpus:
         original, row = results[name]
         regions = row.get("regions") or []
         edited = records.get_image(row) if row.get("status") == "edited" else None

@@ -33,7 +33,7 @@ def test_streaming_run_and_two_passes_edit_the_same_images_the_same_way(inputs, 
     one = run_job(str(inputs), str(tmp_path / "one"), cfg, run_id="stream")
     streamed = _samples(str(tmp_path / "one"))
     assert sum(one.counts.values()) == 4
-    for name, s in streamed.items():
+    for s in streamed.values():
         caption = s["caption"]
         assert not (caption["error"] or "").startswith(("edit:", "caption:", "instruct:")), caption["error"]
         if caption["status"] == "edited":

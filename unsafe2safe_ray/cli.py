@@ -194,7 +194,7 @@ def plan_command(
     except PreflightError as e:
         for line in e.problems:
             typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except _expected_errors() as e:
         _fail(str(e))
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else format_plan(result))

@@ -22,7 +22,8 @@ def astronaut_and_face(face_detector):
 @pytest.fixture(scope="module")
 def page_and_lines(text_detector):
     image = load_example("page.png")
-    regions = [{"category": "text_and_symbols", "bbox": l.bbox, "text": l.text} for l in text_detector.read(image)]
+    regions = [{"category": "text_and_symbols", "bbox": line.bbox, "text": line.text}
+               for line in text_detector.read(image)]
     return image, regions
 
 

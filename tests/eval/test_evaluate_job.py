@@ -32,7 +32,7 @@ def _fill_baseline(originals: Path, out: Path, face_comparer, text_reader) -> No
         if path.suffix.lower() not in (".jpg", ".png"):
             continue
         image = np.asarray(Image.open(path).convert("RGB")).copy()
-        boxes = [f.bbox for f in face_comparer.detector.detect(image)] + [l.bbox for l in text_reader.read(image)]
+        boxes = [f.bbox for f in face_comparer.detector.detect(image)] + [line.bbox for line in text_reader.read(image)]
         for x0, y0, x1, y1 in boxes:
             pad_x, pad_y = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
             image[max(0, int(y0 - pad_y)):int(y1 + pad_y), max(0, int(x0 - pad_x)):int(x1 + pad_x)] = 128
