@@ -147,3 +147,27 @@ def test_crop_scope_runs_each_tiny_pipeline_and_keeps_outside_pixels(editor):
     assert np.array_equal(edited[100:, 100:], original[100:, 100:])  # far from the only window
     assert not np.array_equal(edited[20:60, 20:52], original[20:60, 20:52])
     assert out["verification"]["scope"] == "crops"
+
+
+def _golden_input():
+    return make_row("golden", 64, 64, regions=[])
+
+
+@pytest.mark.parametrize("editor", EDITORS)
+def test_golden_output_slice(editor):
+    """A fixed image, seed and prompt through each tiny pipeline (weights seeded at build time):
+    the corner slice must stay where it was (as diffusers' own pipeline tests do), so numerical
+    drift from a dependency or an editor change is seen, not silently shipped."""
+    stage = tiny_stage(f"edit.editor={editor}")
+    [out] = stage.process([_golden_input()])
+    assert out["status"] == records.EDITED, out["error"]
+    got = records.get_image(out)[:3, :3, 0].astype(int)
+    np.testing.assert_allclose(got, np.array(GOLDEN[editor]), atol=3)
+
+
+# Red channel of the top-left 3x3 pixels, recorded on the tiny pipelines (CPU, float32).
+GOLDEN: dict[str, list[list[int]]] = {
+    "instruct-pix2pix": [[141, 154, 164], [128, 145, 179], [162, 198, 208]],
+    "flowedit": [[122, 109, 118], [94, 100, 121], [97, 106, 113]],
+    "kontext": [[136, 138, 147], [153, 173, 164], [155, 179, 173]],
+}
