@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 import pytest
 
 from conftest import load_example
@@ -82,3 +84,12 @@ def test_ocr_logs_nothing_below_error():
     finally:
         logger.removeHandler(capture)
     assert [r.getMessage() for r in capture.records if r.levelno < logging.ERROR] == []
+
+
+@pytest.mark.parametrize("shape", [(8, 3000), (3000, 8), (1, 1), (2, 5)])
+def test_strips_and_tiny_images_are_read_not_refused(text_detector, shape):
+    """rapidocr's detector cannot resize a strip whose short side rounds to nothing; the reader
+    pads it, so such images are detected on (and kept), with boxes inside the image."""
+    image = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    for box in [line.bbox for line in text_detector.read(image)] + text_detector.boxes(image):
+        assert 0 <= box[0] < box[2] <= shape[1] and 0 <= box[1] < box[3] <= shape[0]

@@ -65,6 +65,32 @@ def text_similarity(a: str | None, b: str | None) -> float:
     return fuzz.ratio(a, b) / 100.0
 
 
+# rapidocr's detector scales the longer side to 736 px on a 32 px grid: a strip whose shorter
+# side would round to nothing fails ("ResizeImgError"). Pad it (white, bottom and right, so the
+# boxes keep their coordinates) to at least this fraction of the longer side, and 32 px.
+_MIN_SHORT_SIDE_RATIO = 1 / 20
+
+
+def _detector_input(image: np.ndarray) -> np.ndarray:
+    """``image`` as the text detector can take it: strips and tiny images padded white."""
+    height, width = image.shape[:2]
+    need = max(32, int(np.ceil(max(height, width) * _MIN_SHORT_SIDE_RATIO)))
+    if height >= need and width >= need:
+        return np.ascontiguousarray(image)
+    padded = np.full((max(height, need), max(width, need), 3), 255, dtype=np.uint8)
+    padded[:height, :width] = image
+    return padded
+
+
+def _quad_box(quad, height: int, width: int) -> list[int] | None:
+    """A detector quadrilateral as an axis-aligned box clipped to the ``height`` x ``width``
+    image (None when nothing of it is inside)."""
+    quad = np.asarray(quad, dtype=np.float32)
+    box = [int(np.clip(np.floor(quad[:, 0].min()), 0, width)), int(np.clip(np.floor(quad[:, 1].min()), 0, height)),
+           int(np.clip(np.ceil(quad[:, 0].max()), 0, width)), int(np.clip(np.ceil(quad[:, 1].max()), 0, height))]
+    return box if box[2] > box[0] and box[3] > box[1] else None
+
+
 def _silence_rapidocr() -> None:
     """Raise rapidocr's loggers to ERROR: it logs INFO at start-up and a WARNING per image
     without text, which would flood the logs of a large run."""
@@ -154,38 +180,25 @@ class TextDetector:
         """Every line rapidocr reads (no score or length filter)."""
         use_cls = self.use_angle_cls if use_cls is None else use_cls
         # rapidocr remembers the use_* flags of the previous call, so pass all of them.
-        result = self.engine(np.ascontiguousarray(image), use_det=True, use_cls=use_cls, use_rec=True)
+        result = self.engine(_detector_input(image), use_det=True, use_cls=use_cls, use_rec=True)
         if result is None or getattr(result, "boxes", None) is None or result.txts is None:
             return []
         height, width = image.shape[:2]
         lines = []
         for quad, text, score in zip(result.boxes, result.txts, result.scores):
-            quad = np.asarray(quad, dtype=np.float32)
-            bbox = [
-                int(np.clip(np.floor(quad[:, 0].min()), 0, width)),
-                int(np.clip(np.floor(quad[:, 1].min()), 0, height)),
-                int(np.clip(np.ceil(quad[:, 0].max()), 0, width)),
-                int(np.clip(np.ceil(quad[:, 1].max()), 0, height)),
-            ]
-            if bbox[2] > bbox[0] and bbox[3] > bbox[1]:
+            bbox = _quad_box(quad, height, width)
+            if bbox is not None:
                 lines.append(TextLine(bbox=bbox, text=str(text).strip(), score=float(score)))
         return lines
 
     def boxes(self, image: np.ndarray) -> list[list[int]]:
         """The text detector's line boxes alone (no recognition): where text-like texture is,
         readable or not (used by the plate detector)."""
-        result = self.engine(np.ascontiguousarray(image), use_det=True, use_cls=False, use_rec=False)
+        result = self.engine(_detector_input(image), use_det=True, use_cls=False, use_rec=False)
         if result is None or getattr(result, "boxes", None) is None:
             return []
         height, width = image.shape[:2]
-        out = []
-        for quad in result.boxes:
-            quad = np.asarray(quad, dtype=np.float32)
-            box = [int(np.clip(np.floor(quad[:, 0].min()), 0, width)), int(np.clip(np.floor(quad[:, 1].min()), 0, height)),
-                   int(np.clip(np.ceil(quad[:, 0].max()), 0, width)), int(np.clip(np.ceil(quad[:, 1].max()), 0, height))]
-            if box[2] > box[0] and box[3] > box[1]:
-                out.append(box)
-        return out
+        return [box for box in (_quad_box(quad, height, width) for quad in result.boxes) if box is not None]
 
     def read_text(self, image: np.ndarray) -> str:
         """All recognized lines of ``image`` joined by newlines ('' when there is no text)."""
