@@ -89,6 +89,9 @@ def test_without_an_address_ray_starts_locally_on_loopback(monkeypatch):
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    # The session's own Ray (other tests) would answer for the node address: resolve as a
+    # fresh process would, with no node started yet.
+    monkeypatch.setattr(ray._private.worker, "_global_node", None)
     # What the node's address resolves to while Ray starts (ray.init resolves it the same way).
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(
         dict(kwargs, resolved=services.resolve_ip_for_localhost(kwargs.get("_node_ip_address") or "localhost"))))
@@ -109,6 +112,9 @@ def test_a_dead_address_fails_fast_with_one_line(monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    # The session's own Ray (other tests) would answer for the node address: resolve as a
+    # fresh process would, with no node started yet.
+    monkeypatch.setattr(ray._private.worker, "_global_node", None)
     monkeypatch.setattr(ray, "init", lambda **kwargs: None)
     start = time.monotonic()
     with pytest.raises(ValueError) as err:
