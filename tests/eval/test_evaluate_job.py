@@ -5,6 +5,7 @@ report in headless Chromium."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,7 +76,9 @@ def test_files_and_one_key_per_metric(evaluated):
     rows = table.to_pylist()
     assert not [r for r in rows if r["eval_error"]], [r["eval_error"] for r in rows if r["eval_error"]]
     # Metrics that need absent weights say so; they are not silently dropped.
-    assert "lpips" in summary["unavailable"] or summary["lpips"] is not None
+    from unsafe2safe_ray.eval.fidelity import lpips_unavailable_reason
+
+    assert summary["unavailable"].get("lpips") == lpips_unavailable_reason("vgg")  # here: not installed
 
 
 def test_passthrough_reads_as_identical(evaluated):
@@ -86,7 +89,8 @@ def test_passthrough_reads_as_identical(evaluated):
     assert ours["text_images"] >= 3 and ours["text_cer"] < 0.05 and ours["text_sim_token_set"] > 0.95
     assert ours["ssim"] > 0.95 and ours["phash_distance"] <= 2
     assert ours["clip_image_similarity"] > 0.999
-    assert 0 <= ours["vlm_score"] <= 100 or ours["vlm_score_unparsed"] == ours["images_scored"]
+    # The tiny judge decodes under the answer's JSON schema: every answer parses.
+    assert 0 <= ours["vlm_score"] <= 100 and ours["vlm_score_unparsed"] == 0
 
 
 def test_fill_baseline_removes_faces_and_text_and_is_counted(evaluated):
@@ -111,7 +115,7 @@ def test_report_lists_methods_paper_numbers_and_gallery(evaluated):
     # Worst first: the first pass-through card is an image with a face (FaceSim ~1).
     gallery = page.split("Gallery: passthrough")[1]
     first_card = gallery.split("<div class='card'>")[1]
-    assert "FaceSim 0.9" in first_card or "FaceSim 1.0" in first_card
+    assert re.search(r"FaceSim (0\.9[5-9]|1\.0)", first_card), first_card
 
 
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):

@@ -3,6 +3,7 @@ the judge's parsing and entropy."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -107,11 +108,21 @@ def test_side_by_side_keeps_both_images(astronaut, page_rgb):
 
 
 def test_judge_with_tiny_vlm(astronaut, page_rgb):
-    """The real transformers engine on the tiny random Qwen2.5-VL: answers are parsed or
-    counted as unparsed, never an exception."""
-    vlm = judge.Judge("transformers", "tiny://qwen2_5_vl", max_new_tokens=24)
+    """The real transformers engine on the tiny random Qwen2.5-VL, decoding under the answers'
+    JSON schemas: every answer parses into a score and a label."""
+    vlm = judge.Judge("transformers", "tiny://qwen2_5_vl", max_new_tokens=48)
     results = vlm.judge_pairs([astronaut, page_rgb], [fill_box(astronaut, ASTRONAUT_FACE), page_rgb])
     assert len(results) == 2
     for row in results:
-        assert math.isnan(row["vlm_score"]) or 0 <= row["vlm_score"] <= 100
-        assert row["race_original"] in (*judge.RACE_LABELS, judge.NO_PERSON, None)
+        assert 0 <= row["vlm_score"] <= 100
+        assert row["race_original"] in (*judge.RACE_LABELS, judge.NO_PERSON)
+
+
+def test_judge_parses_planted_answers_and_counts_the_rest(tmp_path, astronaut, page_rgb):
+    """The fake engine answers from a file: a planted score and label come back exactly."""
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps([{"score": 73}, {"race": "southeast_asian"}]))
+    results = judge.Judge("fake", str(answers)).judge_pairs([astronaut, page_rgb], [astronaut, page_rgb])
+    assert [r["vlm_score"] for r in results] == [73.0, 73.0]
+    assert {r["race_original"] for r in results} == {"southeast_asian"}
+    assert math.isnan(judge.parse_score("no number here")) and judge.parse_race("a dog") is None
