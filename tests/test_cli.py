@@ -53,3 +53,15 @@ def test_config_layers_profile_file_and_set(tmp_path):
     with pytest.raises(ConfigError):
         load_config("none", overrides=["io.shard_size=0"])
     assert cfg.digest() != load_config("none").digest()
+
+
+def test_an_unknown_editor_is_one_line_before_anything_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from unsafe2safe_ray.cli import app
+
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(app, ["run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                      "--profile", "cpu", "--set", "edit.editor=nope"])
+    assert result.exit_code == 2 and "unknown editor 'nope'" in result.output
+    assert not (tmp_path / "out").exists()  # refused before the plan was written

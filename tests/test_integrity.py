@@ -101,12 +101,12 @@ def test_damage_is_listed_refused_and_rewritten(out, base):
 
     runner = CliRunner()
     result = runner.invoke(app, ["status", str(out), "--verify"])
-    assert result.exit_code == 1 and "damaged       3  0-2" in result.output
+    assert result.exit_code == 1 and "damaged       3  (shards 0-2)" in result.output
     for path in damaged.values():
         assert path.name in result.output
     assert "--shards damaged" in result.output
     plain = runner.invoke(app, ["status", str(out)])
-    assert plain.exit_code == 1 and "damaged       2  0-1" in plain.output
+    assert plain.exit_code == 1 and "damaged       2  (shards 0-1)" in plain.output
 
     # The reader: one clear error naming the damaged file.
     reader = open_output(str(out))

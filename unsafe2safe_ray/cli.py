@@ -120,6 +120,9 @@ def run(
     summary = result.to_json()
     typer.echo(json.dumps({k: summary[k] for k in ("run_id", "counts", "failed_by_stage", "safety_net_flags",
                                                   "images_per_second", "incomplete_shards")}))
+    if not result.selected_shards:
+        typer.echo(f"nothing to do: every shard of {output} is committed; rerun with --shards failed|damaged|all "
+                   "(or a list such as 3,7-9) to reprocess", err=True)
     skipped = summary["verification"]["skipped"]
     if skipped:
         typer.echo(f"warning: verification check(s) {skipped} were switched off: edited rows were not checked "
@@ -152,11 +155,13 @@ def status(output: str = typer.Argument(..., help="Output root URI."),
         return
     typer.echo(f"input    {st['input_uri']}  ({st['images']} images, {st['shards']} shards)")
     typer.echo(f"committed     {len(st['committed'])}")
-    typer.echo(f"pending       {len(st['pending'])}  {_ranges(st['pending'])}")
-    typer.echo(f"with failures {len(st['with_failures'])}  {_ranges(st['with_failures'])}")
+    typer.echo(f"pending       {len(st['pending'])}" + (f"  (shards {_ranges(st['pending'])})" if st["pending"] else ""))
+    typer.echo(f"with failures {len(st['with_failures'])}"
+               + (f"  (shards {_ranges(st['with_failures'])})" if st["with_failures"] else ""))
     typer.echo("images        " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()))
     checked = "sizes and checksums" if st["checksums_verified"] else "sizes (add --verify for checksums)"
-    typer.echo(f"damaged       {len(st['damaged'])}  {_ranges(st['damaged'])}  [checked {checked}]")
+    typer.echo(f"damaged       {len(st['damaged'])}" + (f"  (shards {_ranges(st['damaged'])})" if st["damaged"] else "")
+               + f"  [checked {checked}]")
     for shard, problems in st["damage"].items():
         for problem in problems:
             typer.echo(f"  shard {shard}: {problem}")

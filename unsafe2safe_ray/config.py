@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from unsafe2safe_ray.detectors.identity import SAME_IDENTITY_DISTANCE
 
+# Editors ``edit.editor`` may name (``fake[:failure]`` is the test fake; editors/__init__ loads them).
+EDITOR_NAMES = ("instruct-pix2pix", "flowedit", "kontext", "classic", "fake")
 # Stages that were folded into ``edit`` (one edit capability, one verifier).
 FOLDED_STAGES = ("classic_edit", "verify")
 
@@ -277,6 +279,12 @@ class EditConfig(StageSection):
     classic_fallback: bool = True
 
     @model_validator(mode="after")
+    def _known_editor(self) -> "EditConfig":
+        if self.editor.partition(":")[0] not in EDITOR_NAMES:
+            raise ValueError(f"unknown editor {self.editor!r}; use one of {', '.join(EDITOR_NAMES[:4])}")
+        return self
+
+    @model_validator(mode="after")
     def _flowedit_window(self) -> "EditConfig":
         if self.flowedit_n_min > self.flowedit_n_max:
             raise ValueError("flowedit_n_min must not exceed flowedit_n_max")
@@ -445,9 +453,9 @@ class JobConfig(Section):
                              "verify.required_checks=[] to publish edited rows that nobody verified")
         off = [c for c in required if c not in self.verify.enabled_checks()]
         if off:
+            keep = ",".join(c for c in required if c not in off)
             raise ValueError(f"verify.check_{off[0]} is off but verify.required_checks lists {off[0]!r}: remove it "
-                             f"(e.g. --set 'verify.required_checks={[c for c in required if c not in off]}') to "
-                             "publish rows whose check did not run")
+                             f"(e.g. --set verify.required_checks=[{keep}]) to publish rows whose check did not run")
         return self
 
     @model_validator(mode="after")
@@ -562,6 +570,7 @@ def validate_config(data: dict[str, Any]) -> JobConfig:
         return JobConfig.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")  # our own validators' messages
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ConfigError(f"invalid config at {where}: {first['msg']}{more}") from None
+        raise ConfigError(f"invalid config at {where}: {message}{more}" if where else f"{message}{more}") from None

@@ -217,6 +217,10 @@ def _edit_cost(config: JobConfig) -> dict[str, Any] | None:
         # Denoising cost is linear in the steps that run (FlowEdit: the n_max edit window).
         seconds = round(seconds * window / measured_window, 3)
         basis = f"estimate: measured {measured['seconds']} s at {measured_window} steps, scaled to {window}"
+    if edit.scope == "crops":
+        # Crops were never run on a GPU: the whole-image figure is an upper bound.
+        basis = (f"upper bound: the whole-image figure ({basis}); edit.scope=crops edits only windows around "
+                 "the regions and has not been measured on a GPU")
     return {"editor": edit.editor, "seconds_per_edited_image": seconds, "basis": basis,
             "measured_setting": {k: v for k, v in measured.items() if k != "seconds"},
             "hardware": GPU_MEASURED_HARDWARE}

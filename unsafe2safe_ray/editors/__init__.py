@@ -6,7 +6,7 @@ from typing import Any
 
 from unsafe2safe_ray.editors.base import EditRequest, Editor
 
-EDITOR_NAMES = ("instruct-pix2pix", "flowedit", "kontext", "classic", "fake")
+from unsafe2safe_ray.config import EDITOR_NAMES
 
 __all__ = ["EDITOR_NAMES", "EditRequest", "Editor", "load_editor"]
 
