@@ -225,24 +225,22 @@ def is_live(row: dict[str, Any]) -> bool:
     return row.get("status") != FAILED
 
 
-def get_image(row: dict[str, Any], column: str = "image") -> np.ndarray | None:
+def get_image(row: dict[str, Any]) -> np.ndarray | None:
     """The row's pixels as a read-only HxWx3 uint8 array (no copy)."""
-    data = row.get(column)
+    data = row.get("image")
     if data is None:
         return None
     return np.frombuffer(data, dtype=np.uint8).reshape(row["height"], row["width"], 3)
 
 
-def set_image(row: dict[str, Any], image: np.ndarray, column: str = "image") -> None:
-    """Store pixels in the row. ``image`` must be HxWx3 uint8; the row's size follows it."""
+def set_image(row: dict[str, Any], image: np.ndarray) -> None:
+    """Store pixels in the row. ``image`` must be HxWx3 uint8 (else ``ValueError``); the row's
+    size follows it."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-    if column != "image" and (image.shape[0], image.shape[1]) != (row["height"], row["width"]):
-        raise ValueError("original_image must have the same size as image")
-    row[column] = np.ascontiguousarray(image).tobytes()
-    if column == "image":
-        row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
-        row["passthrough"] = None  # new pixels: the source JPEG no longer matches them
+    row["image"] = np.ascontiguousarray(image).tobytes()
+    row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
+    row["passthrough"] = None  # new pixels: the source JPEG no longer matches them
 
 
 def public_regions(regions: list[dict] | None) -> list[dict]:

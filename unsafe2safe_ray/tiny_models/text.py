@@ -50,6 +50,11 @@ _CORPUS = [
 ]
 
 
+# The tiny Qwen2 decoder shared by the VLM's and the text LLM's builders.
+_TINY_DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=4096)
+
+
 def _train_tokenizer(vocab_size: int = 400):
     """A byte-level BPE tokenizer with the Qwen special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -93,12 +98,7 @@ def build_tiny_qwen2_5_vl(path: Path) -> None:
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
+            **_TINY_DECODER,
             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
@@ -145,12 +145,7 @@ def build_tiny_causal_lm(path: Path) -> None:
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+        **_TINY_DECODER,
         bos_token_id=pad,
         eos_token_id=eos,
         pad_token_id=pad,
