@@ -20,6 +20,7 @@ for the pipeline measurement (skipped with a note when missing).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -278,51 +279,81 @@ def plant_regions(rows: list[dict]) -> None:
         row["regions"] = regions
 
 
-def compare_scopes(stage: EditStage, rows: list[dict], batch: int) -> None:
-    """``edit.scope`` crops vs global on the same images and regions, same editor, same run:
-    images/s and their ratio, then fidelity of the crop edit: SSIM/PSNR outside the regions
-    against the original (crops leave them byte-identical), and inside the regions and on the
-    seam (a 16 px band around each region mask) against the whole-image edit."""
+def _scoped(stage: EditStage, steps: int | None = None, **edit_settings) -> EditStage:
+    """A copy of ``stage`` with other ``edit`` settings, sharing its (already built) pipeline.
+    ``steps`` goes to a shallow copy of the editor (FlowEdit's window kept at 2/3 of them)."""
+    scoped = EditStage(stage.config.model_copy(update={"edit": stage.config.edit.model_copy(update=edit_settings)}))
+    scoped.editor, scoped.verifier = stage.editor, None
+    if steps is not None and steps != stage.editor.steps:
+        scoped.editor = copy.copy(stage.editor)
+        scoped.editor.steps = steps
+        if hasattr(scoped.editor, "n_max"):
+            scoped.editor.n_max = max(scoped.editor.n_min, (steps * 2) // 3)
+    return scoped
 
+
+def _timed(stage: EditStage, rows: list[dict], batch: int) -> tuple[float, list[dict]]:
+    """Seconds for ``stage.process`` over ``batch``-row calls (after one warm-up call), and its rows."""
+    stage.process([dict(r) for r in rows[:batch]])  # warm-up at this variant's sizes
+    start = time.perf_counter()
+    out = []
+    for i in range(0, len(rows), batch):
+        out += stage.process([dict(r) for r in rows[i:i + batch]])
+    return time.perf_counter() - start, out
+
+
+def parse_crop_variants(text: str, default_size: int, default_steps: int) -> list[tuple[int, int]]:
+    """``"512,384,384:20"`` -> [(512, steps), (384, steps), (384, 20)]: crop side[:steps]."""
+    variants = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        side, _, steps = item.partition(":")
+        variants.append((int(side or default_size), int(steps or default_steps)))
+    return variants or [(default_size, default_steps)]
+
+
+def compare_scopes(stage: EditStage, rows: list[dict], batch: int, variants: list[tuple[int, int]],
+                   crop_batch: int) -> None:
+    """``edit.scope`` crops vs global on the same images and regions, same editor, same run:
+    images/s of the global edit, then of every crop variant (crop side, steps; the FlowEdit
+    window stays 2/3 of the steps) and its speed ratio against global, then fidelity of each
+    crop edit: SSIM/PSNR outside the regions against the original (crops leave them
+    byte-identical), and inside the regions and on the seam (a 16 px band around each region
+    mask) against the whole-image edit."""
+
+    import cv2
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from unsafe2safe_ray.editors.base import region_mask
 
     plant_regions(rows)
-    covered = [region_mask((r["height"], r["width"]), r["regions"], 0.0, 0).mean() for r in rows]
-    results = {}
-    for scope in ("global", "crops"):
-        scoped = EditStage(stage.config.model_copy(update={"edit": stage.config.edit.model_copy(
-            update={"scope": scope})}))
-        scoped.editor, scoped.verifier = stage.editor, None
-        scoped.process([dict(r) for r in rows[:batch]])  # warm-up at this scope's sizes
-        start = time.perf_counter()
-        out = []
-        for i in range(0, len(rows), batch):
-            out += scoped.process([dict(r) for r in rows[i:i + batch]])
-        results[scope] = (time.perf_counter() - start, out)
-    (g_s, g_rows), (c_s, c_rows) = results["global"], results["crops"]
     n = len(rows)
-    print(f"regions cover {100 * min(covered):.1f}-{100 * max(covered):.1f} % of each image")
-    print(f"scope global     : {n / g_s:8.3f} images/s  ({g_s:.2f}s)")
-    print(f"scope crops      : {n / c_s:8.3f} images/s  ({c_s:.2f}s)  crops/global speed {g_s / c_s:.2f}x")
-    outside_equal, inside, seam = [], [], []
-    for row, g_row, c_row in zip(rows, g_rows, c_rows):
-        original, g_img, c_img = (records.get_image(x) for x in (row, g_row, c_row))
-        mask = region_mask(original.shape[:2], row["regions"], stage.config.edit.dilation, 0) > 0
-        grown = region_mask(original.shape[:2], row["regions"], stage.config.edit.dilation, 0)
-        import cv2
-
-        band = (cv2.dilate(grown.astype(np.uint8), np.ones((33, 33), np.uint8)) > 0) & ~mask
-        outside_equal.append(bool(np.array_equal(c_img[~mask], original[~mask])))
-        for sel, store in ((mask, inside), (band, seam)):
-            a, b = c_img[sel].astype(np.float64), g_img[sel].astype(np.float64)
-            store.append(peak_signal_noise_ratio(a, b, data_range=255))
-    ssim_in = np.mean([structural_similarity(records.get_image(c), records.get_image(g), channel_axis=2)
-                       for c, g in zip(c_rows, g_rows)])
-    print(f"crops outside the masks byte-identical to the original: {sum(outside_equal)}/{n}")
-    print(f"crops vs global  : PSNR inside {np.mean(inside):.2f} dB, seam band {np.mean(seam):.2f} dB, "
-          f"whole-image SSIM {ssim_in:.3f}")
+    covered = [region_mask((r["height"], r["width"]), r["regions"], 0.0, 0).mean() for r in rows]
+    print(f"regions cover {100 * min(covered):.1f}-{100 * max(covered):.1f} % of each image", flush=True)
+    g_s, g_rows = _timed(_scoped(stage, scope="global"), rows, batch)
+    print(f"scope global      : {n / g_s:8.3f} images/s  {g_s / n:6.3f} s/image  (batch {batch}, "
+          f"steps {stage.config.edit.steps})", flush=True)
+    for side, steps in variants:
+        c_s, c_rows = _timed(_scoped(stage, steps, scope="crops", crop_size=side, batch_size=crop_batch),
+                             rows, crop_batch)
+        crops = sum(a.get("crops", 0) for r in c_rows
+                    for a in ((r.get("verification") or {}).get("attempts") or []))
+        print(f"scope crops {side:4d}² : {n / c_s:8.3f} images/s  {c_s / n:6.3f} s/image  (batch {crop_batch}, "
+              f"steps {steps}, {crops or '?'} crops)  crops/global speed {g_s / c_s:.2f}x", flush=True)
+        outside_equal, inside, seam = [], [], []
+        for row, g_row, c_row in zip(rows, g_rows, c_rows):
+            original, g_img, c_img = (records.get_image(x) for x in (row, g_row, c_row))
+            grown = region_mask(original.shape[:2], row["regions"], stage.config.edit.dilation, 0)
+            mask = grown > 0
+            band = (cv2.dilate(grown.astype(np.uint8), np.ones((33, 33), np.uint8)) > 0) & ~mask
+            outside_equal.append(bool(np.array_equal(c_img[~mask], original[~mask])))
+            for sel, store in ((mask, inside), (band, seam)):
+                a, b = c_img[sel].astype(np.float64), g_img[sel].astype(np.float64)
+                store.append(peak_signal_noise_ratio(a, b, data_range=255))
+        ssim = np.mean([structural_similarity(records.get_image(c), records.get_image(g), channel_axis=2)
+                        for c, g in zip(c_rows, g_rows)])
+        print(f"  outside the masks byte-identical to the original: {sum(outside_equal)}/{n}; vs global: "
+              f"PSNR inside {np.mean(inside):.2f} dB, seam band {np.mean(seam):.2f} dB, "
+              f"whole-image SSIM {ssim:.3f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -342,7 +373,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--scope", choices=["global", "crops"], default=None,
                    help="compare edit.scope=crops with global on planted regions (prints both and the ratio)")
-    p.add_argument("--crop-size", type=int, default=None, help="crop bucket side (default 64 tiny, 512 full)")
+    p.add_argument("--crop-size", default=None,
+                   help="crop variants to time against global, SIDE[:STEPS] comma-separated, e.g. 512,384,384:20 "
+                        "(default 64 tiny, 512 full; steps default --steps)")
+    p.add_argument("--crop-batch", type=int, default=None, help="rows per call and crops per editor batch "
+                   "for the crop variants (default --batch)")
     args = p.parse_args(argv)
 
     full = args.full
@@ -360,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         gpu = False
     overrides += ["edit.num_gpus=1" if gpu else "edit.num_gpus=0", "edit.num_cpus=1"]
     if args.scope:
-        overrides += [f"edit.crop_size={args.crop_size or (512 if full else 64)}", "edit.bucket_multiple=16",
+        variants = parse_crop_variants(args.crop_size or "", 512 if full else 64, steps)
+        overrides += [f"edit.crop_size={variants[0][0]}", "edit.bucket_multiple=16",
                       f"edit.crop_min_side={128 if full else 32}"]
     config = load_config("tiny", overrides=overrides)
     if not gpu:
@@ -384,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{name} {count:.0f}" for name, count in params.items()), flush=True)
     bare_loop(stage.editor, rows[:args.batch], args.batch, size)
     if args.scope:
-        compare_scopes(stage, rows, args.batch)
+        compare_scopes(stage, rows, args.batch, variants, args.crop_batch or args.batch)
         return
 
     # 2. Bare editor loop, then the stage outside Ray, on the same images.
