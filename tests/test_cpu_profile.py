@@ -249,5 +249,6 @@ def test_e2e_private_text_stays_in_the_private_table(cpu_run):
 def test_e2e_ray_stats_name_every_stage(cpu_run):
     _, result = cpu_run
     operators = " ".join(result.to_json()["operators"])
-    for name in ("read_plan", "decode", "detect", "edit", "write"):
+    # detect and edit share one actor pool in this profile (ray.colocate): one operator.
+    for name in ("read_plan", "decode", "detect+edit", "write"):
         assert f"({name})" in operators, operators

@@ -42,6 +42,10 @@ class StageSection(Section):
     num_gpus: float = 0.0
     batch_size: int = Field(8, ge=1)
     pool_size: int | None = Field(None, ge=1)
+    # Batches queued on one actor of the pool (Ray's max_tasks_in_flight_per_actor; None: Ray's
+    # default). 1 hands a batch to whichever actor frees up first: no actor sits on a queue
+    # while another idles at the end of a run.
+    max_tasks_in_flight: int | None = Field(None, ge=1)
 
 
 class IOConfig(Section):
@@ -83,6 +87,11 @@ class RayConfig(Section):
     # Reading/decoding task CPUs; fractional values let decode overlap with model actors.
     decode_num_cpus: float = 1.0
     write_num_cpus: float = 1.0
+    # Consecutive stages that share one actor pool, e.g. [[detect, edit]]: each worker runs them
+    # one after another on its batch (models loaded once per worker, no hand-over of pixels
+    # through the object store, no pool idling while another is busy). The group's workers take
+    # the largest num_cpus/num_gpus/pool_size of its stages and the first stage's batch_size.
+    colocate: list[list[str]] = Field(default_factory=list)
 
 
 class DetectConfig(StageSection):
@@ -444,6 +453,19 @@ class JobConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _colocated_stages_are_consecutive(self) -> "JobConfig":
+        grouped: set[str] = set()
+        for group in self.ray.colocate:
+            where = [self.stages.index(name) if name in self.stages else None for name in group]
+            if len(group) < 2 or None in where or where != list(range(where[0], where[0] + len(group))):
+                raise ValueError(f"ray.colocate group {group} must name two or more consecutive stages of "
+                                 f"stages={self.stages}, in that order (e.g. --set 'ray.colocate=[[detect,edit]]')")
+            if grouped & set(group):
+                raise ValueError(f"ray.colocate names {sorted(grouped & set(group))} in two groups")
+            grouped |= set(group)
+        return self
+
+    @model_validator(mode="after")
     def _verification_is_explicit(self) -> "JobConfig":
         if "edit" not in self.stages:
             return self
@@ -474,8 +496,11 @@ class JobConfig(Section):
         """A short digest of everything that changes output pixels or rows."""
         # Not in it: where and how the job runs (ray, credentials, batching, the lease) and the
         # shard size (fixed by the saved plan).
-        payload = self.model_dump(mode="json", exclude={"ray": True, "finetune": True, "utility": True,
-                                                        "io": set(_IO_NOT_DIGESTED)})
+        exclude: dict[str, Any] = {"ray": True, "finetune": True, "utility": True, "io": set(_IO_NOT_DIGESTED)}
+        for name, value in self:
+            if isinstance(value, StageSection):
+                exclude[name] = {"max_tasks_in_flight"}  # scheduling only
+        payload = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

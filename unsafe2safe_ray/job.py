@@ -171,6 +171,32 @@ def build_stages(config: JobConfig, stages: str = "all", earlier_uri: str | None
     return [load_stage_class(n)(config) for n in names]
 
 
+def stage_steps(config: JobConfig, stage_list: list) -> list[list]:
+    """``stage_list`` cut into Ray steps: the ``ray.colocate`` groups share one step (one actor
+    pool), every other stage is its own. Raises ``ConfigError`` for a group holding a stage
+    that brings its own Ray plumbing (a ``ray.data.llm`` processor)."""
+    from unsafe2safe_ray.config import ConfigError
+
+    group_of = {name: tuple(group) for group in config.ray.colocate for name in group}
+    steps: list[list] = []
+    for stage in stage_list:
+        group = group_of.get(stage.name)
+        if group and stage.own_ray_step():
+            raise ConfigError(f"ray.colocate: stage {stage.name!r} runs as its own ray.data.llm processor and "
+                              "cannot share an actor pool; remove it from the group")
+        if steps and group and group_of.get(steps[-1][-1].name) == group:
+            steps[-1].append(stage)
+        else:
+            steps.append([stage])
+    return steps
+
+
+def apply_step(ds: Any, step: list) -> Any:
+    """Append one step of ``stage_steps`` to ``ds``: a lone stage adds itself (its own Ray
+    plumbing or the adapter), a colocated group runs through the adapter as one operator."""
+    return step[0].apply(ds) if len(step) == 1 else ray_adapter.apply_stages(ds, step)
+
+
 def check_local_fit(config: JobConfig, stage_list: list) -> None:
     """On a local Ray, refuse a config whose actor pools reserve so many CPUs that the task
     stages (decode, write) could never be scheduled: Ray would wait forever, silently."""
@@ -178,13 +204,15 @@ def check_local_fit(config: JobConfig, stage_list: list) -> None:
 
     if config.ray.address or os.environ.get("RAY_ADDRESS"):
         return  # clusters autoscale; their size is not known up front
+    from unsafe2safe_ray.stages.base import combined_resources
+
     total = ray.cluster_resources().get("CPU", 0.0)
     reserved, pools = 0.0, []
-    for stage in stage_list:
-        res = stage.resources()
+    for step in stage_steps(config, stage_list):
+        res = combined_resources(step)
         if res.pool_size is not None:
             reserved += res.pool_size * res.num_cpus
-            pools.append(f"{stage.name}={res.pool_size}x{res.num_cpus:g}")
+            pools.append(f"{'+'.join(s.name for s in step)}={res.pool_size}x{res.num_cpus:g}")
     task_cpus = max(config.ray.decode_num_cpus, config.ray.write_num_cpus)
     if pools and reserved + task_cpus > total + 1e-9:
         from unsafe2safe_ray.config import ConfigError
@@ -214,8 +242,8 @@ def build_dataset(config: JobConfig, layout: OutputLayout, shards: list[int], ru
     ds = DecodeStage(config).apply(ds)
     stage_list = build_stages(config, stages, earlier_uri)
     check_local_fit(config, stage_list)
-    for stage in stage_list:
-        ds = stage.apply(ds)
+    for step in stage_steps(config, stage_list):
+        ds = apply_step(ds, step)
     return WriteStage(config, layout, run_id, inspect_only=stages == "inspect").apply(ds)
 
 

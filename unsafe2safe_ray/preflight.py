@@ -283,7 +283,7 @@ def build_plan(config: JobConfig, stages: str = "all", flag_rate: float = 0.6) -
     """The preflight report of ``config`` (see the module docstring). Raises ``PreflightError``
     with one line per misconfiguration."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from unsafe2safe_ray.job import build_stages
+    from unsafe2safe_ray.job import apply_step, build_stages, stage_steps
     from unsafe2safe_ray.stages.decode import DecodeStage
     from unsafe2safe_ray.stages.write import WriteStage
     from unsafe2safe_ray.storage.layout import OutputLayout
@@ -299,6 +299,7 @@ def build_plan(config: JobConfig, stages: str = "all", flag_rate: float = 0.6) -
     _quiet_ray_llm()
     try:
         stage_list = build_stages(config, stages, earlier_uri="memory://preflight-earlier")
+        steps = stage_steps(config, stage_list)
     except Exception as e:  # noqa: BLE001 - reported as a misconfiguration
         raise PreflightError([f"stages: {e}"]) from None
     _start_local_ray()
@@ -307,26 +308,27 @@ def build_plan(config: JobConfig, stages: str = "all", flag_rate: float = 0.6) -
     ds = ray.data.from_items([{"shard": 0, "offset": 0, "count": 1}])
     seen = len(_operators(ds))
     report_stages: list[dict[str, Any]] = []
-    all_stages = [DecodeStage(config), *stage_list,
-                  WriteStage(config, OutputLayout("memory://preflight"), "preflight", inspect_only=stages == "inspect")]
-    for stage in all_stages:
+    all_steps = [[DecodeStage(config)], *steps,
+                 [WriteStage(config, OutputLayout("memory://preflight"), "preflight", inspect_only=stages == "inspect")]]
+    for step in all_steps:
+        name = "+".join(stage.name for stage in step)
         try:
-            ds = stage.apply(ds)
+            ds = apply_step(ds, step)
         except Exception as e:  # noqa: BLE001
-            problems.append(f"{stage.name}: cannot be built: {type(e).__name__}: {str(e).splitlines()[0]}")
+            problems.append(f"{name}: cannot be built: {type(e).__name__}: {str(e).splitlines()[0]}")
             continue
         ops = _operators(ds)
         operators = [_describe(op) for op in ops[seen:]]
         seen = len(ops)
-        section = getattr(config, stage.name, None) if stage.name in ("caption", "instruct") else None
-        entry: dict[str, Any] = {"stage": stage.name, "operators": operators}
+        section = getattr(config, name, None) if name in ("caption", "instruct") else None
+        entry: dict[str, Any] = {"stage": name, "operators": operators}
         if section is not None:
             entry["engine"] = section.engine
             entry["model"] = section.model
             entry["revision"] = section.revision
             entry["trust_remote_code"] = bool(section.engine_kwargs.get("trust_remote_code", False))
             for info in operators:
-                _check_operator(stage.name, info, section, problems, warnings)
+                _check_operator(name, info, section, problems, warnings)
         report_stages.append(entry)
     if problems:
         raise PreflightError(problems)

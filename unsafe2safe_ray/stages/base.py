@@ -59,6 +59,7 @@ class Stage:
             num_gpus=section.num_gpus,
             batch_size=section.batch_size,
             pool_size=section.pool_size,
+            max_tasks_in_flight=section.max_tasks_in_flight,
         )
 
     def setup(self) -> None:
@@ -67,6 +68,11 @@ class Stage:
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Transform live rows. Must return one row per input row, in order."""
         raise NotImplementedError
+
+    def own_ray_step(self) -> bool:
+        """True for a stage that brings its own Ray plumbing (``apply`` overridden, e.g. a
+        ray.data.llm processor): it cannot share a worker with other stages."""
+        return False
 
     def apply(self, ds: Any) -> Any:
         """Add this stage to a Ray Dataset. Overridden only by stages that bring their own
@@ -119,24 +125,30 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 class _StageWorker:
-    """Callable that Ray runs: builds the stage once, then maps Arrow batches through it."""
+    """Callable that Ray runs: builds its stages once (in order), then maps Arrow batches through
+    them. Several stages in one worker share its process: one actor pool, no hand-over of pixel
+    batches through the object store between them (``ray.colocate``)."""
 
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-        self.stage.setup()
+    def __init__(self, *stages: Stage) -> None:
+        self.stages = stages
+        for stage in stages:
+            stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return rows_to_table(run_rows(self.stage, table_to_rows(batch)))
+        rows = table_to_rows(batch)
+        for stage in self.stages:
+            rows = run_rows(stage, rows)
+        return rows_to_table(rows)
 
 
-def _task_fn(stage: Stage):
+def _task_fn(stages: tuple[Stage, ...]):
     state: dict[str, _StageWorker] = {}
 
     def fn(batch: pa.Table) -> pa.Table:
         # Stateless stages are cheap to set up; cache per worker process anyway.
         worker = state.get("w")
         if worker is None:
-            worker = state["w"] = _StageWorker(stage)
+            worker = state["w"] = _StageWorker(*stages)
         return worker(batch)
 
     return fn
@@ -208,10 +220,37 @@ def flat_map(ds: Any, fn: Any, *, name: str, num_cpus: float, **extra: Any) -> A
 
 def apply_stage(ds: Any, stage: Stage) -> Any:
     """Append ``stage`` to ``ds`` as one ``map_batches`` step named after the stage."""
-    res = stage.resources()
+    return apply_stages(ds, [stage])
+
+
+def combined_resources(stages: list[Stage]) -> Resources:
+    """One worker's resources for ``stages`` run one after another in it: the largest CPU, GPU
+    and pool request of any of them (an actor pool if any stage wants one), the first stage's
+    batch size. Raises ``ValueError`` when their batch formats differ."""
+    declared = [stage.resources() for stage in stages]
+    formats = {res.batch_format for res in declared}
+    if len(formats) > 1:
+        raise ValueError(f"stages {[s.name for s in stages]} take different batch formats {sorted(formats)}; "
+                         "they cannot share a worker")
+    pools = [res.pool_size for res in declared if res.pool_size is not None]
+    in_flight = [res.max_tasks_in_flight for res in declared if res.max_tasks_in_flight is not None]
+    return Resources(num_cpus=max(res.num_cpus for res in declared),
+                     num_gpus=max(res.num_gpus for res in declared),
+                     batch_size=declared[0].batch_size,
+                     pool_size=max(pools) if pools else None,
+                     max_tasks_in_flight=min(in_flight) if in_flight else None,
+                     batch_format=formats.pop())
+
+
+def apply_stages(ds: Any, stages: list[Stage]) -> Any:
+    """Append ``stages`` to ``ds`` as one ``map_batches`` step that runs them in order in the
+    same worker (``combined_resources``), named ``a+b``; one stage is the usual case. Every
+    stage keeps its own per-row failure isolation (``run_rows``) and metrics."""
+    res = combined_resources(stages)
+    name = "+".join(stage.name for stage in stages)
     if res.pool_size is not None:
-        return map_batches(ds, _StageWorker, name=stage.name, resources=res, constructor_args=(stage,))
-    return map_batches(ds, _task_fn(stage), name=stage.name, resources=res)
+        return map_batches(ds, _StageWorker, name=name, resources=res, constructor_args=tuple(stages))
+    return map_batches(ds, _task_fn(tuple(stages)), name=name, resources=res)
 
 
 class _StageMetrics:

@@ -74,9 +74,12 @@ class GenerationStage(Stage):
                 rows[i] = self.answer(rows[i], result.text, result.finished)
         return rows
 
+    def own_ray_step(self) -> bool:
+        return self.section.engine == "vllm"
+
     def apply(self, ds: Any) -> Any:
         """vLLM: a ``ray.data.llm`` processor; other engines: the common actor-pool adapter."""
-        if self.section.engine != "vllm":
+        if not self.own_ray_step():
             return apply_stage(ds, self)
         from unsafe2safe_ray.engines.vllm_engine import apply_vllm
 
