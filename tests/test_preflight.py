@@ -21,9 +21,7 @@ def test_plan_builds_every_shipped_profile(profile):
     config = load_config(profile)
     plan = build_plan(config)
     # One entry per Ray step: a ray.colocate group is one step named a+b.
-    groups = {name: "+".join(group) for group in config.ray.colocate for name in group}
-    steps = list(dict.fromkeys(groups.get(name, name) for name in config.stages))
-    assert [s["stage"] for s in plan["stages"]] == ["decode", *steps, "write"]
+    assert [s["stage"] for s in plan["stages"]] == ["decode", *config.step_names(), "write"]
     for entry in plan["stages"]:
         assert entry["operators"], entry["stage"]
         for info in entry["operators"]:

@@ -69,6 +69,10 @@ def _quiet_ray() -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     for name in ("ray", "ray.data", "ray.data._internal"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Notices about settings this CLI makes on purpose: progress bars off (it prints its own),
+    # token authentication on for the loopback Ray it starts (Ray's default; kept).
+    for name in ("ray.data._internal.progress", "ray._private.authentication.authentication_token_setup"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import ray.data
 
@@ -110,7 +114,8 @@ def run(
     try:
         cfg = load_config(profile, config, overrides)
         _quiet_ray()
-        typer.echo(f"profile {cfg.profile}: stages {['decode', *cfg.stages, 'write']}", err=True)
+        typer.echo(f"profile {cfg.profile}: stages {' -> '.join(['decode', *cfg.step_names(), 'write'])}"
+                   + (" (a+b: one actor pool, ray.colocate)" if cfg.ray.colocate else ""), err=True)
         result = run_job(input, output, cfg, shards=shards, run_id=run_id, stages=stages, progress=progress,
                          allow_config_change=allow_config_change, break_lease=break_lease)
     except _expected_errors() as e:

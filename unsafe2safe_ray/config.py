@@ -492,6 +492,11 @@ class JobConfig(Section):
                                  f"worker: pin it with {name}.revision=<commit hash> (or use a local folder)")
         return self
 
+    def step_names(self) -> list[str]:
+        """``stages`` as Ray steps: a ``ray.colocate`` group is one step named ``a+b``."""
+        groups = {name: "+".join(group) for group in self.ray.colocate for name in group}
+        return list(dict.fromkeys(groups.get(name, name) for name in self.stages))
+
     def digest(self) -> str:
         """A short digest of everything that changes output pixels or rows."""
         # Not in it: where and how the job runs (ray, credentials, batching, the lease) and the

@@ -44,6 +44,7 @@ def test_the_cpu_profile_runs_detect_and_edit_in_one_step():
     assert [[s.name for s in step] for step in stage_steps(config, build_stages(config, "inspect"))] == [["detect"]]
     edit_half = build_stages(config, "edit", earlier_uri="memory://earlier")
     assert [[s.name for s in step] for step in stage_steps(config, edit_half)] == [["load_captions"], ["edit"]]
+    assert config.step_names() == ["detect+edit"]
     # Without the setting, every stage is its own step.
     plain = load_config("cpu", overrides=["ray.colocate=[]"])
     assert [[s.name for s in step] for step in stage_steps(plain, build_stages(plain))] == [["detect"], ["edit"]]
