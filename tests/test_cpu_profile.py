@@ -252,3 +252,19 @@ def test_e2e_ray_stats_name_every_stage(cpu_run):
     # detect and edit share one actor pool in this profile (ray.colocate): one operator.
     for name in ("read_plan", "decode", "detect+edit", "write"):
         assert f"({name})" in operators, operators
+
+
+def test_detect_settings_reach_the_verifier_too():
+    """One face detector: the verifier scans the same scales as detect (its own score threshold)."""
+    from unsafe2safe_ray.stages.detect import DetectStage
+    from unsafe2safe_ray.stages.edit import EditStage
+
+    cfg = load_config("cpu", overrides=["detect.face_zoom=0", "detect.small_faces=false",
+                                        "detect.face_small_min_pixels=0", "detect.face_coarse_side=256"])
+    detect, edit = DetectStage(cfg), EditStage(cfg)
+    detect.setup()
+    edit.setup()
+    for faces in (detect.faces, edit.verifier.faces):
+        assert (faces.zoom, faces.small, faces.small_face_min_pixels, faces.coarse_side) == (0, None, 0, 256)
+    assert detect.faces.score_threshold == cfg.detect.face_score_threshold
+    assert edit.verifier.faces.score_threshold == cfg.verify.face_score_threshold

@@ -114,11 +114,23 @@ class DetectConfig(StageSection):
     face_coarse_side: int = Field(320, ge=0)
     # Faces of 10-24 px: windows around weak small peaks are re-scanned enlarged this much (0 = off).
     face_zoom: float = Field(2.5, ge=0.0)
+    # Faces of 10-48 px (crowds): an MTCNN pass (detectors.faces.SmallFaceDetector) on images of
+    # at least face_small_min_pixels pixels (0 = every image) or where two or more faces were found.
+    small_faces: bool = True
+    face_small_min_pixels: int = Field(600_000, ge=0)
     text_score_threshold: float = Field(0.6, ge=0.0, le=1.0)
     # Readings with fewer letters/digits (a whole line or column) are texture noise.
     text_min_chars: int = Field(2, ge=1)
     # Plates found by shape and texture, without reading them (small, blurred, skewed plates).
     plate_shapes: bool = True
+
+    def face_detector_kwargs(self) -> dict[str, Any]:
+        """``FaceDetector`` settings (all but threads): the detect stage's detector, and the
+        verifier's with its own score threshold, so both see the same scales."""
+        return {"score_threshold": self.face_score_threshold, "upscale_below": self.face_upscale_below,
+                "max_side": self.face_max_side, "tile_size": self.face_tile_size,
+                "coarse_side": self.face_coarse_side, "zoom": self.face_zoom, "small_faces": self.small_faces,
+                "small_face_min_pixels": self.face_small_min_pixels}
 
 
 class ClassicConfig(Section):

@@ -112,12 +112,16 @@ class PrivacyVerifier:
     Models (CenterFace, dlib, rapidocr) load on first use and are reused for every later check.
     """
 
-    def __init__(self, config=None, threads: int = 1) -> None:
+    def __init__(self, config=None, threads: int = 1, face_settings: dict | None = None) -> None:
+        """``config``: a ``VerifyConfig`` (defaults when None); ``face_settings``: ``FaceDetector``
+        keyword arguments (the detect stage's scales, ``DetectConfig.face_detector_kwargs``),
+        with ``config.face_score_threshold`` taking the place of their score threshold."""
         if config is None:
             from unsafe2safe_ray.config import VerifyConfig
 
             config = VerifyConfig()
         self.config = config
+        self.face_settings = dict(face_settings or {})
         self.threads = max(1, int(config.threads or threads))
         self._faces = None
         self._embedder = None
@@ -134,7 +138,8 @@ class PrivacyVerifier:
         if self._faces is None:
             from unsafe2safe_ray.detectors.faces import FaceDetector
 
-            self._faces = FaceDetector(threads=self._threads(), score_threshold=self.config.face_score_threshold)
+            self._faces = FaceDetector(threads=self._threads(),
+                                       **{**self.face_settings, "score_threshold": self.config.face_score_threshold})
         return self._faces
 
     @property

@@ -42,15 +42,7 @@ class DetectStage(Stage):
         self.faces = None
         self.ocr = None
         if cfg.faces:
-            self.faces = FaceDetector(
-                threads=threads,
-                score_threshold=cfg.face_score_threshold,
-                upscale_below=cfg.face_upscale_below,
-                max_side=cfg.face_max_side,
-                tile_size=cfg.face_tile_size,
-                coarse_side=cfg.face_coarse_side,
-                zoom=cfg.face_zoom,
-            )
+            self.faces = FaceDetector(threads=threads, **cfg.face_detector_kwargs())
         if cfg.text or cfg.plates:
             self.ocr = TextDetector(threads=threads, score_threshold=cfg.text_score_threshold,
                                     min_alnum=cfg.text_min_chars)

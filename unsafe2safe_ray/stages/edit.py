@@ -96,7 +96,8 @@ class EditStage(Stage):
         # letting unverified edits through.
         from unsafe2safe_ray.detectors.verifier import PrivacyVerifier
 
-        verifier = PrivacyVerifier(self.config.verify, threads=self.threads)
+        verifier = PrivacyVerifier(self.config.verify, threads=self.threads,
+                                   face_settings=self.config.detect.face_detector_kwargs())
         verifier.warm_up()
         return verifier
 
