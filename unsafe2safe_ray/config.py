@@ -87,10 +87,12 @@ class RayConfig(Section):
     # Reading/decoding task CPUs; fractional values let decode overlap with model actors.
     decode_num_cpus: float = 1.0
     write_num_cpus: float = 1.0
-    # Consecutive stages that share one actor pool, e.g. [[detect, edit]]: each worker runs them
-    # one after another on its batch (models loaded once per worker, no hand-over of pixels
-    # through the object store, no pool idling while another is busy). The group's workers take
-    # the largest num_cpus/num_gpus/pool_size of its stages and the first stage's batch_size.
+    # Stages that share one actor pool, e.g. [[detect, edit]]: where a group's stages follow each
+    # other in ``stages``, each worker runs them one after another on its batch (models loaded
+    # once per worker, no hand-over of pixels through the object store, no pool idling while
+    # another is busy); members that do not follow each other run in their own pools. A group's
+    # workers take the largest num_cpus/num_gpus/pool_size of its stages and the first stage's
+    # batch_size.
     colocate: list[list[str]] = Field(default_factory=list)
 
 
@@ -465,13 +467,15 @@ class JobConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _colocated_stages_are_consecutive(self) -> "JobConfig":
+    def _colocated_stages_are_known(self) -> "JobConfig":
+        from unsafe2safe_ray.stages import STAGES
+
         grouped: set[str] = set()
         for group in self.ray.colocate:
-            where = [self.stages.index(name) if name in self.stages else None for name in group]
-            if len(group) < 2 or None in where or where != list(range(where[0], where[0] + len(group))):
-                raise ValueError(f"ray.colocate group {group} must name two or more consecutive stages of "
-                                 f"stages={self.stages}, in that order (e.g. --set 'ray.colocate=[[detect,edit]]')")
+            unknown = [name for name in group if name not in STAGES]
+            if len(group) < 2 or unknown or len(set(group)) < len(group):
+                raise ValueError(f"ray.colocate group {group} must name two or more different stages "
+                                 f"(e.g. --set 'ray.colocate=[[detect,edit]]'); known: {sorted(STAGES)}")
             if grouped & set(group):
                 raise ValueError(f"ray.colocate names {sorted(grouped & set(group))} in two groups")
             grouped |= set(group)
@@ -504,10 +508,21 @@ class JobConfig(Section):
                                  f"worker: pin it with {name}.revision=<commit hash> (or use a local folder)")
         return self
 
+    def colocated_steps(self, names: list[str]) -> list[list[str]]:
+        """``names`` (stage names, in order) cut into Ray steps: neighbours that belong to one
+        ``ray.colocate`` group share a step; every other stage is a step of its own."""
+        group_of = {name: index for index, group in enumerate(self.ray.colocate) for name in group}
+        steps: list[list[str]] = []
+        for name in names:
+            if steps and name in group_of and group_of.get(steps[-1][-1]) == group_of[name]:
+                steps[-1].append(name)
+            else:
+                steps.append([name])
+        return steps
+
     def step_names(self) -> list[str]:
-        """``stages`` as Ray steps: a ``ray.colocate`` group is one step named ``a+b``."""
-        groups = {name: "+".join(group) for group in self.ray.colocate for name in group}
-        return list(dict.fromkeys(groups.get(name, name) for name in self.stages))
+        """``stages`` as Ray steps, a colocated step named ``a+b``."""
+        return ["+".join(step) for step in self.colocated_steps(self.stages)]
 
     def digest(self) -> str:
         """A short digest of everything that changes output pixels or rows."""

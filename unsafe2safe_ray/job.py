@@ -172,22 +172,19 @@ def build_stages(config: JobConfig, stages: str = "all", earlier_uri: str | None
 
 
 def stage_steps(config: JobConfig, stage_list: list) -> list[list]:
-    """``stage_list`` cut into Ray steps: the ``ray.colocate`` groups share one step (one actor
-    pool), every other stage is its own. Raises ``ConfigError`` for a group holding a stage
-    that brings its own Ray plumbing (a ``ray.data.llm`` processor)."""
+    """``stage_list`` cut into Ray steps (``JobConfig.colocated_steps``): neighbours of one
+    ``ray.colocate`` group share a step (one actor pool), every other stage is its own. Raises
+    ``ConfigError`` for a shared step holding a stage that brings its own Ray plumbing (a
+    ``ray.data.llm`` processor)."""
     from unsafe2safe_ray.config import ConfigError
 
-    group_of = {name: tuple(group) for group in config.ray.colocate for name in group}
-    steps: list[list] = []
-    for stage in stage_list:
-        group = group_of.get(stage.name)
-        if group and stage.own_ray_step():
-            raise ConfigError(f"ray.colocate: stage {stage.name!r} runs as its own ray.data.llm processor and "
+    remaining = iter(stage_list)
+    steps = [[next(remaining) for _ in names] for names in config.colocated_steps([s.name for s in stage_list])]
+    for step in steps:
+        own = [stage.name for stage in step if stage.own_ray_step()] if len(step) > 1 else []
+        if own:
+            raise ConfigError(f"ray.colocate: stage {own[0]!r} runs as its own ray.data.llm processor and "
                               "cannot share an actor pool; remove it from the group")
-        if steps and group and group_of.get(steps[-1][-1].name) == group:
-            steps[-1].append(stage)
-        else:
-            steps.append([stage])
     return steps
 
 

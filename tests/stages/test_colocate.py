@@ -51,14 +51,27 @@ def test_the_cpu_profile_runs_detect_and_edit_in_one_step():
 
 
 @pytest.mark.parametrize("groups, message", [
-    ("[[edit,detect]]", "consecutive stages"),
     ("[[detect]]", "two or more"),
-    ("[[detect,caption]]", "consecutive stages"),
-    ("[[detect,edit],[edit,detect]]", "consecutive stages"),
+    ("[[detect,detect]]", "two or more"),
+    ("[[detect,nosuchstage]]", "two or more different stages"),
+    ("[[detect,edit],[edit,caption]]", "in two groups"),
 ])
-def test_groups_must_be_consecutive_stages_in_order(groups, message):
+def test_bad_groups_are_refused_up_front(groups, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cpu", overrides=[f"ray.colocate={groups}"])
+
+
+def test_only_neighbours_share_a_step():
+    # The cpu profile's group with other stages put between its members (a user's --set
+    # stages=...): each member runs in its own pool, nothing is refused.
+    config = load_config("cpu", overrides=["stages=[detect, caption, instruct, edit]",
+                                           "caption.engine=fake", "instruct.engine=fake"])
+    assert config.step_names() == ["detect", "caption", "instruct", "edit"]
+    assert [[s.name for s in step] for step in stage_steps(config, build_stages(config))] == [
+        ["detect"], ["caption"], ["instruct"], ["edit"]]
+    # Listed in either order, neighbours are grouped in the order of stages.
+    reverse = load_config("cpu", overrides=["ray.colocate=[[edit,detect]]"])
+    assert reverse.step_names() == ["detect+edit"]
 
 
 def test_a_vllm_processor_cannot_join_a_group():
