@@ -114,8 +114,10 @@ def run(
     try:
         cfg = load_config(profile, config, overrides)
         _quiet_ray()
-        typer.echo(f"profile {cfg.profile}: stages {' -> '.join(['decode', *cfg.step_names(), 'write'])}"
-                   + (" (a+b: one actor pool, ray.colocate)" if cfg.ray.colocate else ""), err=True)
+        steps = cfg.step_names()
+        shared = [step for step in steps if "+" in step]
+        typer.echo(f"profile {cfg.profile}: stages {' -> '.join(['decode', *steps, 'write'])}"
+                   + (f" ({', '.join(shared)}: one actor pool each, ray.colocate)" if shared else ""), err=True)
         result = run_job(input, output, cfg, shards=shards, run_id=run_id, stages=stages, progress=progress,
                          allow_config_change=allow_config_change, break_lease=break_lease)
     except _expected_errors() as e:
