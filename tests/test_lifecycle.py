@@ -107,7 +107,9 @@ def test_config_change_refused_unless_allowed_and_recorded(tmp_path):
     assert {m["run_id"] for m in read_commits(OutputLayout(out)).values()} == {"before"}
     # Credentials, batching and the lease are not the config of the output: no refusal.
     same = load_config("none", overrides=["io.write_batch_size=3", "io.lease_expiry_s=30",
-                                          'io.storage_options={"anon": false}'])
+                                          'io.storage_options={"anon": false}', "edit.batch_size=2",
+                                          "edit.pool_size=3", "detect.num_cpus=0.5",
+                                          "detect.max_tasks_in_flight=1"])
     assert same.digest() == before.digest()
     assert run_job(str(tmp_path / "in"), out, same, run_id="same").selected_shards == []
 

@@ -78,6 +78,8 @@ class IOConfig(Section):
     lease_expiry_s: float = Field(120.0, gt=0.0, le=86400.0)
 
 
+# A stage section's scheduling knobs: where and in what batches a stage runs, not what it does.
+_STAGE_SCHEDULING = ("num_cpus", "num_gpus", "batch_size", "pool_size", "max_tasks_in_flight")
 _IO_NOT_DIGESTED = ("storage_options", "shard_size", "read_retries", "read_batch_size",
                     "write_batch_size", "lease_expiry_s", "allow_input_prefixes", "read_timeout_s")
 
@@ -531,7 +533,7 @@ class JobConfig(Section):
         exclude: dict[str, Any] = {"ray": True, "finetune": True, "utility": True, "io": set(_IO_NOT_DIGESTED)}
         for name, value in self:
             if isinstance(value, StageSection):
-                exclude[name] = {"max_tasks_in_flight"}  # scheduling only
+                exclude[name] = set(_STAGE_SCHEDULING)
         payload = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
